@@ -1,0 +1,21 @@
+"""gridcodes: fast multi-resolution feature grids for PyTorch.
+
+``MultiResGrid`` holds groups of dense, tiled or hashed multi-resolution grids and
+looks points up in all groups at once, with Triton kernels on CUDA (or under
+``TRITON_INTERPRET=1``) and a pure-PyTorch reference everywhere else.
+"""
+
+from .levels import GridConfig, level_resolutions
+from .module import MultiResGrid
+from .reference import grid_encode_reference
+from .usage import hit_counts, usage_rate
+
+__all__ = [
+    "GridConfig",
+    "MultiResGrid",
+    "grid_encode_reference",
+    "hit_counts",
+    "level_resolutions",
+    "usage_rate",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,187 @@
+"""Level geometry of a multi-resolution grid: resolutions, table sizes, offsets.
+
+Everything here is computed once on the host from a frozen :class:`GridConfig`
+(SPEC §1.1). The hot path only ever sees the small integer table built by
+:func:`level_table`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+GRID_TYPES = ("hash", "tiled", "dense")
+INTERPOLATIONS = ("linear", "smoothstep")
+MAX_IN_DIM = 7
+
+# Spatial-hash primes of Instant-NGP (Teschner et al. 2003); π_0 = 1 keeps the
+# first coordinate coherent in memory.
+HASH_PRIMES = (1, 2654435761, 805459861, 3674653429, 2097192037, 1434869437, 2165219737)
+
+# Flat indices into params are int32 in the kernels.
+MAX_PARAMS = 2**31 - 1
+
+
+def _check_int(name: str, value, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def level_resolutions(base_resolution: int, max_resolution: int, n_levels: int) -> tuple[int, ...]:
+    """Vertices per axis of each level (paper App. A.1, Instant-NGP eq. 2-3).
+
+    ``r_l = round(base * b**l)`` with ``b = exp((ln max - ln base) / (n_levels - 1))``,
+    evaluated in float64 so that ``r_0 == base`` and ``r_{L-1} == max`` exactly.
+    """
+    if n_levels == 1:
+        return (base_resolution,)
+    growth = math.exp((math.log(max_resolution) - math.log(base_resolution)) / (n_levels - 1))
+    return tuple(round(base_resolution * growth**level) for level in range(n_levels))
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """Hyper-parameters of a :class:`~gridcodes.MultiResGrid` (SPEC §1.1).
+
+    The derived geometry (``resolutions``, ``level_sizes``, ``offsets``) is
+    validated and filled in on construction.
+    """
+
+    in_dim: int
+    n_groups: int = 1
+    n_levels: int = 16
+    n_features: int = 4
+    log2_table_size: int = 18
+    base_resolution: int = 4
+    max_resolution: int = 64
+    resolutions: tuple[int, ...] | None = None
+    grid_type: str = "hash"
+    interpolation: str = "linear"
+    level_sizes: tuple[int, ...] = field(init=False)
+    offsets: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        _check_int("in_dim", self.in_dim, 1, MAX_IN_DIM)
+        _check_int("n_groups", self.n_groups, 1)
+        _check_int("n_levels", self.n_levels, 1)
+        _check_int("n_features", self.n_features, 1)
+        _check_int("log2_table_size", self.log2_table_size, 1, 30)
+        if self.grid_type not in GRID_TYPES:
+            raise ValueError(f"grid_type must be one of {GRID_TYPES}, got {self.grid_type!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
+            )
+        if self.resolutions is None:
+            _check_int("base_resolution", self.base_resolution, 2)
+            _check_int("max_resolution", self.max_resolution, self.base_resolution)
+            resolutions = level_resolutions(
+                self.base_resolution, self.max_resolution, self.n_levels
+            )
+        else:
+            if isinstance(self.resolutions, (str, bytes)) or not isinstance(
+                self.resolutions, Sequence
+            ):
+                raise TypeError(f"resolutions must be a sequence of ints, got {self.resolutions!r}")
+            resolutions = tuple(self.resolutions)
+            if len(resolutions) != self.n_levels:
+                raise ValueError(
+                    f"resolutions has {len(resolutions)} entries but n_levels={self.n_levels}; "
+                    f"pass n_levels={len(resolutions)}"
+                )
+            for level, r in enumerate(resolutions):
+                _check_int(f"resolutions[{level}]", r, 2)
+        object.__setattr__(self, "resolutions", resolutions)
+
+        sizes = []
+        for r in resolutions:
+            n_vertices = r**self.in_dim
+            sizes.append(
+                n_vertices if self.grid_type == "dense" else min(n_vertices, self.table_size)
+            )
+        offsets = [0]
+        for size in sizes:
+            offsets.append(offsets[-1] + size)
+        numel = self.n_groups * offsets[-1] * self.n_features
+        if numel > MAX_PARAMS:
+            raise ValueError(
+                f"the grid would hold {numel} parameters (n_groups={self.n_groups} x "
+                f"{offsets[-1]} entries x n_features={self.n_features}), more than the "
+                f"{MAX_PARAMS} that int32 indexing allows; lower log2_table_size, the resolutions "
+                f"or use grid_type='hash'"
+            )
+        object.__setattr__(self, "level_sizes", tuple(sizes))
+        object.__setattr__(self, "offsets", tuple(offsets))
+
+    @property
+    def table_size(self) -> int:
+        """T: the most entries a hashed or tiled level may hold."""
+        return 2**self.log2_table_size
+
+    @property
+    def n_entries(self) -> int:
+        """Entries per group, all levels together (``offsets[-1]``)."""
+        return self.offsets[-1]
+
+    @property
+    def n_corners(self) -> int:
+        return 2**self.in_dim
+
+    def is_wrapped(self, level: int) -> bool:
+        """True when level ``level`` has more vertices than table entries (hashed or tiled)."""
+        return (
+            self.grid_type != "dense" and self.resolutions[level] ** self.in_dim > self.table_size
+        )
+
+    def to_dict(self) -> dict:
+        """The constructor arguments, JSON-serialisable."""
+        return {
+            "in_dim": self.in_dim,
+            "n_groups": self.n_groups,
+            "n_levels": self.n_levels,
+            "n_features": self.n_features,
+            "log2_table_size": self.log2_table_size,
+            "base_resolution": self.base_resolution,
+            "max_resolution": self.max_resolution,
+            "resolutions": list(self.resolutions),
+            "grid_type": self.grid_type,
+            "interpolation": self.interpolation,
+        }
+
+
+# Columns of the per-level table the kernels read.
+META_RESOLUTION, META_OFFSET, META_USE_HASH, META_MASK, META_STRIDES = range(5)
+
+
+def level_table(config: GridConfig, device: torch.device | str | None = None) -> torch.Tensor:
+    """Per-level integers the kernels need, shape ``(n_levels, 4 + in_dim)``, int64.
+
+    Row ``l`` is ``[r_l, offsets[l], use_hash, mask, stride_0 .. stride_{d-1}]``. The
+    kernels compute, in wrapping uint32 arithmetic, ``index = combine_k(c_k * stride_k) & mask``
+    where ``combine`` is XOR when ``use_hash`` and a sum otherwise. That equals SPEC §1.2
+    step 3 for every grid type:
+
+    - dense (and hash/tiled levels that fit, ``r**d <= T``): strides ``r**k``, mask all ones;
+      the sum ``D(c) < r**d < 2**31`` never wraps;
+    - tiled with ``r**d > T``: strides ``r**k mod 2**32`` and mask ``T - 1``; since T is a
+      power of two dividing ``2**32``, ``D(c) mod 2**32 mod T == D(c) mod T``;
+    - hash with ``r**d > T``: strides are the primes π_k, XOR-combined, mask ``T - 1``.
+    """
+    rows = []
+    for level, r in enumerate(config.resolutions):
+        wrapped = config.is_wrapped(level)
+        use_hash = wrapped and config.grid_type == "hash"
+        if use_hash:
+            strides = HASH_PRIMES[: config.in_dim]
+        else:
+            strides = tuple(r**k % 2**32 for k in range(config.in_dim))
+        mask = config.table_size - 1 if wrapped else 2**32 - 1
+        rows.append([r, config.offsets[level], int(use_hash), mask, *strides])
+    return torch.tensor(rows, dtype=torch.int64, device=device)

@@ -1,0 +1,230 @@
+"""``MultiResGrid``: the ``nn.Module`` users hold (SPEC §1.1, §1.3)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from . import ops, usage
+from .levels import GridConfig, level_table
+from .reference import compute_dtype, grid_encode_reference
+
+BACKENDS = ("auto", "triton", "torch")
+INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+PARAM_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+TRITON_MAX_IN_DIM = 4
+TRITON_FEATURES = (1, 2, 4, 8)
+FILE_FORMAT = "gridcodes.MultiResGrid/1"
+
+
+def triton_unsupported(config: GridConfig) -> str | None:
+    """Why the Triton backend cannot run ``config``, or None when it can."""
+    if not ops.TRITON_AVAILABLE:
+        return "triton is not installed"
+    if config.in_dim > TRITON_MAX_IN_DIM:
+        return f"in_dim={config.in_dim} (the Triton kernels support 1..{TRITON_MAX_IN_DIM})"
+    if config.n_features not in TRITON_FEATURES:
+        return f"n_features={config.n_features} (the Triton kernels support {TRITON_FEATURES})"
+    return None
+
+
+class MultiResGrid(nn.Module):
+    """Groups of multi-resolution feature grids (dense, tiled or hashed), queried in one call.
+
+    ``grid(x)`` maps ``x`` of shape ``(..., n_groups, in_dim)`` (any float dtype; values are
+    meant to lie in [0, 1], anything else is clamped, NaN read as 0) to features of shape
+    ``(..., n_groups, n_levels * n_features)`` in the table's dtype. Group g of x reads only
+    group g of the table. Gradients flow to the table and to x (SPEC §1.2).
+
+    Args:
+        in_dim: coordinates per point, 1..7 (1..4 for the Triton backend).
+        n_groups: independent grids queried together (the paper's N_h).
+        n_levels: resolutions per grid (the paper's N_r).
+        n_features: features per entry (the paper's C_v); Triton: 1, 2, 4 or 8.
+        log2_table_size: T = 2**log2_table_size, the most entries of a hashed or tiled level.
+        base_resolution, max_resolution: vertices per axis of the coarsest and finest level.
+        resolutions: explicit vertices per axis of each level (overrides base/max).
+        grid_type: ``"hash"`` (dense while r**d <= T, spatial hash beyond), ``"tiled"``
+            (dense index modulo T) or ``"dense"``.
+        interpolation: ``"linear"`` or ``"smoothstep"`` weights.
+        backend: ``"triton"``, ``"torch"`` (the pure-PyTorch reference) or ``"auto"``:
+            Triton for CUDA tensors when the configuration is supported, else the reference.
+        deterministic: bitwise-reproducible table gradients on the Triton backend (slower);
+            also on while ``torch.use_deterministic_algorithms(True)`` is.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_groups: int = 1,
+        n_levels: int = 16,
+        n_features: int = 4,
+        log2_table_size: int = 18,
+        base_resolution: int = 4,
+        max_resolution: int = 64,
+        resolutions: Sequence[int] | None = None,
+        grid_type: str = "hash",
+        interpolation: str = "linear",
+        backend: str = "auto",
+        deterministic: bool = False,
+    ) -> None:
+        super().__init__()
+        self.config = GridConfig(
+            in_dim=in_dim,
+            n_groups=n_groups,
+            n_levels=n_levels,
+            n_features=n_features,
+            log2_table_size=log2_table_size,
+            base_resolution=base_resolution,
+            max_resolution=max_resolution,
+            resolutions=resolutions,
+            grid_type=grid_type,
+            interpolation=interpolation,
+        )
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "triton" and (reason := triton_unsupported(self.config)):
+            raise ValueError(
+                f"backend='triton' cannot run this grid: {reason}; use backend='torch'"
+            )
+        self.backend = backend
+        self.deterministic = bool(deterministic)
+        shape = (n_groups, self.config.n_entries, n_features)
+        self.params = nn.Parameter(torch.empty(shape).uniform_(-1e-4, 1e-4))
+        self.register_buffer("level_table", level_table(self.config), persistent=False)
+
+    # --- geometry -------------------------------------------------------------------------
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        return self.config.resolutions
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        return self.config.offsets
+
+    @property
+    def out_features(self) -> int:
+        """Features per group of the output: ``n_levels * n_features``."""
+        return self.config.n_levels * self.config.n_features
+
+    def level_param_counts(self) -> tuple[int, ...]:
+        """Parameters of each level, all groups together."""
+        c = self.config
+        return tuple(c.n_groups * size * c.n_features for size in c.level_sizes)
+
+    # --- lookup ---------------------------------------------------------------------------
+    def resolved_backend(self, device: torch.device | None = None) -> str:
+        """The backend a lookup on ``device`` (default: the params' device) uses."""
+        if self.backend != "auto":
+            return self.backend
+        device = self.params.device if device is None else torch.device(device)
+        if device.type == "cuda" and triton_unsupported(self.config) is None:
+            return "triton"
+        return "torch"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of ``x`` (..., n_groups, in_dim) -> (..., n_groups, n_levels * n_features)."""
+        self._check_input(x)
+        c = self.config
+        flat = x.reshape(-1, c.n_groups, c.in_dim)
+        if self.resolved_backend(x.device) == "triton":
+            self._check_triton_device(x)
+            deterministic = self.deterministic or torch.are_deterministic_algorithms_enabled()
+            smoothstep = c.interpolation == "smoothstep"
+            y = ops.grid_encode(flat, self.params, self.level_table, smoothstep, deterministic)
+        else:
+            y = grid_encode_reference(flat, self.params, c)
+        return y.reshape(*x.shape[:-2], c.n_groups, self.out_features)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        c = self.config
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in INPUT_DTYPES:
+            raise TypeError(f"x must be a floating-point tensor {INPUT_DTYPES}, got {x.dtype}")
+        if x.dim() < 2 or tuple(x.shape[-2:]) != (c.n_groups, c.in_dim):
+            raise ValueError(
+                f"x must have shape (..., n_groups={c.n_groups}, in_dim={c.in_dim}), "
+                f"got {tuple(x.shape)}"
+            )
+        if x.device != self.params.device:
+            raise ValueError(
+                f"x is on {x.device} but the grid's params are on {self.params.device}; "
+                "move one of them (gridcodes never copies across devices silently)"
+            )
+        if self.params.dtype not in PARAM_DTYPES:
+            raise TypeError(
+                f"params must be floating point {PARAM_DTYPES}, got {self.params.dtype}"
+            )
+
+    def _check_triton_device(self, x: torch.Tensor) -> None:
+        if x.device.type != "cuda" and not ops.INTERPRET:
+            raise ValueError(
+                f"backend='triton' got tensors on {x.device}: the kernels need CUDA, or "
+                "TRITON_INTERPRET=1 set before gridcodes is imported to run them on the CPU; "
+                "or use backend='torch'"
+            )
+
+    # --- statistics (paper Fig. 3b, App. E) -------------------------------------------------
+    def hit_counts(self, x: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-entry hits of the points ``x`` (..., n_groups, in_dim): int64 (n_groups, n_entries).
+
+        Pass the returned ``counts`` back in to accumulate over batches.
+        """
+        self._check_input(x)
+        flat = x.reshape(-1, self.config.n_groups, self.config.in_dim)
+        return usage.hit_counts(flat, self.config, counts, compute_dtype(self.params))
+
+    def usage_rate(self, counts: torch.Tensor) -> torch.Tensor:
+        """Fraction of each level's entries hit at least once: (n_groups, n_levels)."""
+        expected = (self.config.n_groups, self.config.n_entries)
+        if tuple(counts.shape) != expected:
+            raise ValueError(f"counts must have shape {expected}, got {tuple(counts.shape)}")
+        return usage.usage_rate(counts, self.config)
+
+    # --- persistence ----------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write config and table to a safetensors file (bit-exact; no pickling)."""
+        metadata = {"format": FILE_FORMAT, "config": json.dumps(self.config.to_dict())}
+        save_file({"params": self.params.detach().contiguous().cpu()}, str(path), metadata)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        backend: str = "auto",
+        deterministic: bool = False,
+        device: torch.device | str = "cpu",
+    ) -> MultiResGrid:
+        """Rebuild a grid written by :meth:`save`, with its table bit-exact, on ``device``."""
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != FILE_FORMAT:
+                raise ValueError(
+                    f"{path} is not a {FILE_FORMAT} file (format={metadata.get('format')!r})"
+                )
+            params = f.get_tensor("params")
+        grid = cls(**json.loads(metadata["config"]), backend=backend, deterministic=deterministic)
+        grid.to(device=params.device, dtype=params.dtype)
+        with torch.no_grad():
+            grid.params.copy_(params)
+        return grid
+
+    def extra_repr(self) -> str:
+        c = self.config
+        resolved = self.resolved_backend()
+        backend = repr(self.backend) + (f" -> {resolved!r}" if resolved != self.backend else "")
+        return (
+            f"in_dim={c.in_dim}, n_groups={c.n_groups}, n_levels={c.n_levels}, "
+            f"n_features={c.n_features}, grid_type={c.grid_type!r}, "
+            f"interpolation={c.interpolation!r}, table_size=2**{c.log2_table_size}, "
+            f"resolutions={c.resolutions[0]}..{c.resolutions[-1]}, "
+            f"params={self.params.numel():,}, backend={backend}"
+            + (", deterministic=True" if self.deterministic else "")
+        )

@@ -1,0 +1,48 @@
+"""Shared test utilities: devices, tolerance-checked comparison that says where and by how much."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# The property tests' example budgets are sized for CI's 2 CPU cores running the kernels in
+# Triton's interpreter; raise this to test more drawn cases (e.g. on a GPU machine).
+EXAMPLES_SCALE = int(os.environ.get("GRIDCODES_EXAMPLES_SCALE", "1"))
+
+
+def examples(n: int) -> int:
+    """Hypothesis max_examples for a test whose CI budget is n."""
+    return n * EXAMPLES_SCALE
+
+
+def assert_close_verbose(actual: torch.Tensor, expected: torch.Tensor, atol, name: str) -> None:
+    """|actual - expected| <= atol elementwise (atol: float or tensor), NaN never allowed.
+
+    On failure, reports how many elements fail, the worst one (index, both values,
+    error, tolerance) and the first few others.
+    """
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype} != {expected.dtype}"
+    a = actual.detach().double().cpu()
+    e = expected.detach().double().cpu()
+    tol = torch.as_tensor(atol, dtype=torch.float64).cpu().expand_as(a)
+    err = (a - e).abs()
+    bad = ~(err <= tol)  # NaN errors count as failures
+    if not bad.any():
+        return
+    excess = torch.where(bad, torch.nan_to_num(err - tol, nan=float("inf")), -1.0)
+    worst = int(excess.argmax())
+    where = lambda flat: tuple(int(v) for v in torch.unravel_index(torch.tensor(flat), a.shape))
+    lines = [
+        f"{name}: {int(bad.sum())} of {a.numel()} elements differ beyond tolerance",
+        f"  worst at {where(worst)}: actual={a.flatten()[worst]:.9g} "
+        f"expected={e.flatten()[worst]:.9g} |err|={err.flatten()[worst]:.3g} "
+        f"tol={tol.flatten()[worst]:.3g}",
+    ]
+    for flat in bad.flatten().nonzero().flatten()[:5].tolist():
+        lines.append(
+            f"  at {where(flat)}: actual={a.flatten()[flat]:.9g} expected={e.flatten()[flat]:.9g}"
+        )
+    raise AssertionError("\n".join(lines))

@@ -1,0 +1,268 @@
+"""Triton kernels against the PyTorch reference: output, dL/dparams and dL/dx.
+
+On a machine without CUDA the kernels run in Triton's interpreter (conftest.py); on
+CUDA they are compiled. Both sides use the same cell for every point (they compute
+``x * (r - 1)`` and ``floor`` in the same dtype), so they differ only by the order of
+floating-point operations. The tolerances below are forward error bounds of that
+reordering, ``k * u * (sum of |terms|)`` with unit roundoff ``u`` and ``k`` the number of
+roundings on each side, computed per element (see ``tolerances``).
+"""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import example, given, note, settings
+from hypothesis import strategies as st
+
+from gridcodes import MultiResGrid
+from gridcodes.ops import BLOCK
+from tests.helpers import DEVICE, assert_close_verbose, examples
+
+SPECIALS = [0.0, 1.0, -0.0, math.nan, math.inf, -math.inf, -0.25, 1.25, 1e30, -1e30]
+# Largest resolution per in_dim so that dense grids stay small on a CPU.
+MAX_DENSE_RESOLUTION = {1: 64, 2: 48, 3: 16, 4: 8}
+
+
+@st.composite
+def grid_cases(draw, sizes=(0, 1, 2, 63, BLOCK - 1, BLOCK, BLOCK + 1, 341), min_log2_table=2):
+    in_dim = draw(st.integers(1, 4))
+    grid_type = draw(st.sampled_from(["hash", "tiled", "dense"]))
+    top = MAX_DENSE_RESOLUTION[in_dim] if grid_type == "dense" else 300
+    base = draw(st.integers(2, min(8, top)))
+    return {
+        "config": dict(
+            in_dim=in_dim,
+            n_groups=draw(st.integers(1, 5)),
+            n_levels=draw(st.integers(1, 16)),
+            n_features=draw(st.sampled_from([1, 2, 4, 8])),
+            log2_table_size=draw(st.integers(min_log2_table, 12)),
+            base_resolution=base,
+            max_resolution=draw(st.integers(base, top)),
+            grid_type=grid_type,
+            interpolation=draw(st.sampled_from(["linear", "smoothstep"])),
+        ),
+        # empty, single, odd, and one off each side of the block size
+        "n_points": draw(st.sampled_from(sizes)),
+        "special_fraction": draw(st.sampled_from([0.0, 0.05, 0.3])),
+        "seed": draw(st.integers(0, 2**31 - 1)),
+    }
+
+
+def make_points(grid: MultiResGrid, n_points: int, special_fraction: float, seed: int):
+    """Uniform points in [-0.1, 1.1], some moved onto vertices / cell faces, some special values."""
+    c = grid.config
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n_points, c.n_groups, c.in_dim, generator=gen, dtype=torch.float64) * 1.2 - 0.1
+    # A quarter of the coordinates on a vertex of a random level: points on vertices, edges
+    # and faces of the cells (x * (r - 1) lands on or next to an integer).
+    r = torch.tensor(c.resolutions)[torch.randint(0, c.n_levels, x.shape, generator=gen)]
+    vertex = torch.floor(torch.rand(x.shape, generator=gen, dtype=torch.float64) * r) / (r - 1)
+    x = torch.where(torch.rand(x.shape, generator=gen) < 0.25, vertex, x)
+    special = torch.tensor(SPECIALS, dtype=torch.float64)
+    pick = special[torch.randint(0, len(SPECIALS), x.shape, generator=gen)]
+    x = torch.where(torch.rand(x.shape, generator=gen) < special_fraction, pick, x)
+    return x
+
+
+def tolerances(grid_ref, x, dy, unit_roundoff):
+    """Per-element bounds |triton - reference| for y, dL/dparams and dL/dx.
+
+    - y = sum_c w_c P_c, w_c >= 0, a product of d factors: each side rounds at most
+      2**d + d + 1 times, so |err| <= 2 (2**d + d + 2) u sum_c w_c |P_c|; the sum is the
+      reference lookup of |P|.
+    - dL/dP_e = sum over its m_e contributions of w dy: |err| <= 2 (m_e + d + 3) u
+      sum w |dy|, that sum being the reference's table gradient for upstream |dy|; m_e is
+      bounded by the entry's hit count.
+    - dL/dx_k = sum_l (r_l - 1) ds/df sum_c (±prod_{m != k} factors) <P_c, dy_l>: F, 2**d
+      and L terms summed plus ~2d products, with sum_c |dw/ds_k| <= 2 and |ds/df| <= 1.5,
+      so |err| <= 2 (F + 2**d + L + 2d + 6) u * 3 F max|P| sum_l (r_l - 1) max|dy_l|.
+    """
+    c = grid_ref.config
+    table = grid_ref.params.detach()
+    abs_grid = MultiResGrid(**c.to_dict(), backend="torch").to(table.device, table.dtype)
+    with torch.no_grad():
+        abs_grid.params.copy_(table.abs())
+    y_abs = abs_grid(x.detach()).detach()
+    abs_grid.params.requires_grad_(True)
+    (abs_grid(x.detach()) * dy.abs()).sum().backward()
+    hits = grid_ref.hit_counts(x.detach())[..., None]
+    d, n_corners, n_features = c.in_dim, 2**c.in_dim, c.n_features
+    tol_y = 2 * (n_corners + d + 2) * unit_roundoff * y_abs
+    tol_params = 2 * (hits + d + 3) * unit_roundoff * abs_grid.params.grad
+    dy_levels = dy.abs().reshape(*dy.shape[:-1], c.n_levels, n_features).amax(-1)
+    scale = torch.tensor([r - 1.0 for r in c.resolutions], dtype=dy.dtype, device=dy.device)
+    magnitude = 3 * n_features * table.abs().max() * (dy_levels * scale).sum(-1, keepdim=True)
+    tol_x = 2 * (n_features + n_corners + c.n_levels + 2 * d + 6) * unit_roundoff * magnitude
+    return tol_y, tol_params, tol_x
+
+
+def run_pair(case, dtype=torch.float32, x_dtype=None, deterministic=False):
+    """Forward + backward of the Triton and reference backends on one drawn case."""
+    torch.manual_seed(case["seed"])
+    grid = MultiResGrid(**case["config"], backend="triton", deterministic=deterministic)
+    grid = grid.to(DEVICE, dtype)
+    ref = MultiResGrid(**case["config"], backend="torch").to(DEVICE, dtype)
+    with torch.no_grad():
+        grid.params.normal_()
+        ref.params.copy_(grid.params)
+    x = make_points(grid, case["n_points"], case["special_fraction"], case["seed"])
+    x = x.to(DEVICE, x_dtype or dtype)
+    x_tri = x.clone().requires_grad_(True)
+    x_ref = x.clone().requires_grad_(True)
+    y_tri, y_ref = grid(x_tri), ref(x_ref)
+    dy = torch.randn_like(y_ref)
+    y_tri.backward(dy)
+    y_ref.backward(dy)
+    return (
+        grid,
+        ref,
+        x,
+        dy,
+        (y_tri, grid.params.grad, x_tri.grad),
+        (y_ref, ref.params.grad, x_ref.grad),
+    )
+
+
+def check_pair(case, dtype=torch.float32, x_dtype=None, deterministic=False):
+    _, ref, x, dy, tri, expected = run_pair(case, dtype, x_dtype, deterministic)
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    u = torch.finfo(compute).eps / 2
+    # The bounds are computed in the compute dtype so they see the same cells.
+    bound_ref = MultiResGrid(**case["config"], backend="torch").to(DEVICE, compute)
+    with torch.no_grad():
+        bound_ref.params.copy_(ref.params)
+    tol_y, tol_params, tol_x = tolerances(bound_ref, x.to(compute), dy.to(compute), u)
+    # Half-precision results are rounded once more at the end: one ulp of the value.
+    rounding = lambda t: torch.finfo(t.dtype).eps * t.detach().abs().double()
+    for name, a, e, tol in zip(
+        ("y", "dL/dparams", "dL/dx"), tri, expected, (tol_y, tol_params, tol_x)
+    ):
+        worst = (a.double() - e.double()).abs().max().item() if a.numel() else 0.0
+        note(f"{name}: max |err| = {worst:.3g}")
+        assert_close_verbose(a, e, tol.double() + rounding(e), name)
+    assert torch.isfinite(tri[0]).all()
+    outside = ~((x >= 0) & (x <= 1))  # includes NaN
+    assert (tri[2][outside] == 0).all(), (
+        "dL/dx must be exactly 0 outside [0, 1] and for non-finite x"
+    )
+
+
+BRICS_DEFAULT = dict(
+    in_dim=3,
+    n_groups=4,
+    n_levels=16,
+    n_features=4,
+    log2_table_size=18,
+    base_resolution=4,
+    max_resolution=64,
+    grid_type="tiled",
+    interpolation="linear",
+)
+NGP_LIKE = dict(
+    in_dim=3,
+    n_groups=1,
+    n_levels=4,
+    n_features=2,
+    log2_table_size=8,
+    base_resolution=16,
+    max_resolution=2048,
+    grid_type="hash",
+    interpolation="smoothstep",
+)
+
+
+@settings(max_examples=examples(25))
+@given(case=grid_cases())
+@example(case={"config": BRICS_DEFAULT, "n_points": 129, "special_fraction": 0.05, "seed": 0})
+@example(case={"config": NGP_LIKE, "n_points": 341, "special_fraction": 0.3, "seed": 1})
+def test_triton_matches_reference_float32(case):
+    note(repr(case))
+    check_pair(case)
+
+
+@settings(max_examples=examples(8))
+@given(case=grid_cases())
+def test_triton_matches_reference_float64(case):
+    note(repr(case))
+    check_pair(case, dtype=torch.float64)
+
+
+@settings(max_examples=examples(6))
+@given(case=grid_cases(), dtype=st.sampled_from([torch.float16, torch.bfloat16]))
+def test_half_precision_table(case, dtype):
+    note(repr(case))
+    check_pair(case, dtype=dtype, x_dtype=torch.float32)
+
+
+@settings(max_examples=examples(6))
+@given(case=grid_cases(), x_dtype=st.sampled_from([torch.float16, torch.bfloat16]))
+def test_half_precision_coordinates(case, x_dtype):
+    note(repr(case))
+    check_pair(case, dtype=torch.float32, x_dtype=x_dtype)
+
+
+# The sorted scatter loops over each table row's contributions one at a time, which the
+# interpreter runs slowly: smaller batches and tables of at least 2**6 entries keep it short.
+@settings(max_examples=examples(5))
+@given(case=grid_cases(sizes=(0, 1, 63, BLOCK + 1), min_log2_table=6))
+def test_deterministic_mode_matches_reference_and_is_bitwise_reproducible(case):
+    note(repr(case))
+    check_pair(case, deterministic=True)
+    grads = []
+    for _ in range(2):
+        tri = run_pair(case, deterministic=True)[4]
+        grads.append(tri[1])
+    assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("grid_type", ["hash", "tiled", "dense"])
+def test_rows_never_leave_the_table(grid_type):
+    """The rows the kernels read and write stay inside params for any coordinate value."""
+    from gridcodes import kernels
+    from gridcodes.ops import _constants
+
+    grid = MultiResGrid(
+        3,
+        n_groups=3,
+        n_levels=5,
+        base_resolution=2,
+        max_resolution=40,
+        log2_table_size=7,
+        grid_type=grid_type,
+        backend="triton",
+    ).to(DEVICE)
+    values = torch.tensor([*SPECIALS, 0.5, 1 - 2**-24, 2**-149, -(2**-149)])
+    x = values[torch.randint(0, len(values), (200, 3, 3))].to(DEVICE)
+    n_rows = grid.params.shape[0] * grid.params.shape[1]
+    rows = torch.full((200 * 3 * 8,), -1, dtype=torch.int32, device=DEVICE)
+    for level in range(grid.config.n_levels):
+        kernels.grid_corner_rows_kernel[(2, 3)](
+            x,
+            grid.level_table,
+            rows,
+            200,
+            3,
+            grid.params.shape[1],
+            level,
+            BLOCK=BLOCK,
+            **_constants(x, grid.params),
+        )
+        assert rows.min().item() >= 0 and rows.max().item() < n_rows
+
+
+def test_kernels_compile_for_hopper():
+    """Every kernel variant builds to an sm_90 cubin (the interpreter alone would not show it)."""
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("compile_kernels.py")
+    cwd = Path(__file__).parents[1]
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, cwd=cwd, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("compiled") == 24
