@@ -1,0 +1,22 @@
+"""BRICS models (Yang et al. 2023, arXiv 2305.18601) built on gridcodes."""
+
+from .autoencoder import AutoencoderOutput, BRICSAutoencoder
+from .config import DEFAULT_PRESET, PRESETS, BRICSConfig, get_preset
+from .discriminator import Discriminator
+from .losses import LossConfig, build_perceptual_loss, discriminator_loss, generator_loss
+from .optim import build_optimizers
+
+__all__ = [
+    "DEFAULT_PRESET",
+    "PRESETS",
+    "AutoencoderOutput",
+    "BRICSAutoencoder",
+    "BRICSConfig",
+    "Discriminator",
+    "LossConfig",
+    "build_optimizers",
+    "build_perceptual_loss",
+    "discriminator_loss",
+    "generator_loss",
+    "get_preset",
+]

@@ -1,0 +1,142 @@
+"""The BRICS autoencoder: encoder -> key code -> feature retrieval -> StyleGAN2 decoder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import BRICSConfig
+from .encoder import Encoder
+from .retrieval import FeatureRetrieval
+from .synthesis import SynthesisDecoder
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class AutoencoderOutput:
+    """What the losses need from one forward pass."""
+
+    reconstruction: torch.Tensor  # (B, 3, H, W), trained towards [-1, 1]
+    key_code: torch.Tensor  # (B, Cz, Hz, Wz) in [0, 1]
+    mean: torch.Tensor | None = None  # KL variant: posterior mean (B, Cz, Hz, Wz), pre-sigmoid
+    logvar: torch.Tensor | None = None  # KL variant: posterior log-variance
+
+
+class BRICSAutoencoder(nn.Module):
+    """BRICS (Yang et al. 2023): images in [-1, 1] <-> key codes in [0, 1].
+
+    Args:
+        config: the model's hyper-parameters (see :mod:`models.config` for presets).
+        grid_backend: backend of the feature grids, ``"auto"``, ``"triton"`` or ``"torch"``.
+    """
+
+    def __init__(self, config: BRICSConfig, grid_backend: str = "auto") -> None:
+        super().__init__()
+        self.config = config
+        kl = config.key_regularization == "kl"
+        self.encoder = Encoder(
+            config.image_size, config.code_size, config.code_channels * (2 if kl else 1),
+            config.encoder_channels, config.encoder_res_blocks,
+        )  # fmt: skip
+        self.retrieval = FeatureRetrieval(config, grid_backend)
+        self.decoder = SynthesisDecoder(
+            config.decoder_channels, config.tile_size, config.image_size, config.mapping_layers
+        )
+
+    # --- the paper's three stages -----------------------------------------------------
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Key codes of ``images`` (B, 3, H, W) in [-1, 1]: (B, Cz, Hz, Wz) in [0, 1], no noise."""
+        return self._encode(images)[0]
+
+    def feature_block(self, key_codes: torch.Tensor) -> torch.Tensor:
+        """Feature block f (B, Cd, Hd, Wd) of key codes (B, Cz, Hz, Wz) in [0, 1]."""
+        self._check_key_codes(key_codes)
+        return self.retrieval(key_codes)
+
+    def decode(self, key_codes: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) of key codes (B, Cz, Hz, Wz) in [0, 1]."""
+        return self.decoder(self.feature_block(key_codes))
+
+    def forward(self, images: torch.Tensor) -> AutoencoderOutput:
+        """Reconstruct ``images`` (B, 3, H, W) in [-1, 1]; returns what the losses need.
+
+        In training mode the key code carries the relaxed-precision noise (or the KL
+        posterior sample); in eval mode the pass is deterministic.
+        """
+        key_code, mean, logvar = self._encode(images)
+        reconstruction = self.decoder(self.retrieval(key_code))
+        return AutoencoderOutput(reconstruction, key_code, mean, logvar)
+
+    def _encode(self, images: torch.Tensor):
+        self._check_images(images)
+        h = self.encoder(images)
+        if self.config.key_regularization != "kl":
+            return torch.sigmoid(h), None, None
+        # App. A.4: z = sigmoid(mu + sigma * eps), sampled in training only.
+        mean, logvar = h.chunk(2, dim=1)
+        logvar = logvar.clamp(-30.0, 20.0)
+        z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if self.training else mean
+        return torch.sigmoid(z), mean, logvar
+
+    # --- input checks -------------------------------------------------------------------
+    def _check_images(self, images: torch.Tensor) -> None:
+        size = self.config.image_size
+        _check_tensor("images", images, (3, size, size), "(B, 3, H, W) with H = W = image_size")
+
+    def _check_key_codes(self, key_codes: torch.Tensor) -> None:
+        c = self.config
+        expected = (c.code_channels, c.code_size, c.code_size)
+        _check_tensor("key_codes", key_codes, expected, "(B, Cz, Hz, Wz)")
+
+    # --- persistence --------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (no pickling) to ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "brics/1"})
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        config: BRICSConfig | None = None,
+        grid_backend: str = "auto",
+        device: torch.device | str = "cpu",
+    ) -> BRICSAutoencoder:
+        """Load a model written by :meth:`save_pretrained`.
+
+        If ``config`` is given it must equal the saved one; otherwise a ``ValueError``
+        lists every differing field.
+        """
+        directory = Path(directory)
+        saved = BRICSConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+        if config is not None and config != saved:
+            raise ValueError(
+                f"checkpoint {directory} was saved with a different config: "
+                + "; ".join(f"{d} (expected != saved)" for d in config.differences(saved))
+            )
+        model = cls(saved, grid_backend=grid_backend)
+        state = load_file(str(directory / WEIGHTS_FILE), device=str(device))
+        model.load_state_dict(state, strict=True)
+        return model.to(device)
+
+
+def _check_tensor(name: str, x, trailing: tuple[int, ...], layout: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() != 4 or tuple(x.shape[1:]) != trailing:
+        raise ValueError(
+            f"{name} must have shape {layout} = (B, {', '.join(map(str, trailing))}), "
+            f"got {tuple(x.shape)}"
+        )

@@ -1,0 +1,166 @@
+"""BRICS autoencoder configuration and the named presets of the paper (Tables 2, 3, 7, 8; App. K).
+
+Symbols follow the paper's Table 1: key code z in [0,1]^{Hz x Wz x Cz}, Cz = Nh * Ckey,
+tiled key code of size Hd x Wd, feature block of Cd channels, Nr grid levels of Cv features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+KEY_REGULARIZATIONS = ("relaxed", "kl", "none")
+
+
+@dataclass(frozen=True)
+class BRICSConfig:
+    """Hyper-parameters of :class:`models.BRICSAutoencoder` (SPEC §2)."""
+
+    image_size: int = 256  # H = W
+    code_size: int = 64  # Hz = Wz
+    code_channels: int = 4  # Cz = Nh * Ckey
+    key_length: int = 1  # Ckey: key values per group and cell
+    tile_size: int = 64  # Hd = Wd, spatial size of the tiled key code and feature block
+    decoder_channels: int = 512  # Cd, channels of the feature block (and style code)
+    # Multi-resolution grids, one group per key slice (App. A.1)
+    n_levels: int = 16  # Nr
+    n_features: int = 4  # Cv
+    base_resolution: int = 4  # r_min
+    max_resolution: int | None = None  # r_max; None: 32 if Hz <= 32 else 64
+    log2_table_size: int = 18  # T = 2**18
+    grid_type: str = "tiled"  # eq. 6, index = (sum_k x_k tau_k) mod T; "hash" for App. K
+    # Encoder: taming-transformers' VQGAN encoder (App. A.1)
+    encoder_channels: int = 32  # unit channel
+    encoder_res_blocks: int = 2
+    # Retrieval MLP F_mlp (Fig. 8): Nr*Cv -> hidden -> hidden -> Cd/Nh
+    mlp_hidden: int = 64
+    # StyleGAN2 decoder
+    mapping_layers: int = 8  # MLPs of the style code w = MLPs(normalize(avg_pool(f)))
+    # Key-code regularisation: relaxed precision noise (Sec. 3.2) or KL (App. A.4)
+    key_regularization: str = "relaxed"
+    # Discriminator (StyleGAN2): channels at full resolution, doubling per halving up to max
+    disc_channels: int = 128
+    disc_max_channels: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "code_size", "code_channels", "key_length", "tile_size",
+                     "decoder_channels", "n_levels", "n_features", "base_resolution",
+                     "log2_table_size", "encoder_channels", "encoder_res_blocks", "mlp_hidden",
+                     "mapping_layers", "disc_channels", "disc_max_channels"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("image_size", "code_size", "tile_size"):
+            if not _is_power_of_two(getattr(self, name)):
+                raise ValueError(f"{name} must be a power of two, got {getattr(self, name)}")
+        if not self.code_size <= self.tile_size <= self.image_size:
+            raise ValueError(
+                "need code_size <= tile_size <= image_size (Hz <= Hd <= H), got "
+                f"{self.code_size}, {self.tile_size}, {self.image_size}"
+            )
+        if self.code_channels % self.key_length:
+            raise ValueError(
+                f"code_channels={self.code_channels} must be a multiple of "
+                f"key_length={self.key_length} (Cz = Nh * Ckey)"
+            )
+        if self.decoder_channels % self.n_groups:
+            raise ValueError(
+                f"decoder_channels={self.decoder_channels} must be a multiple of the number of "
+                f"groups Nh={self.n_groups} (each group fills Cd / Nh channels)"
+            )
+        if self.key_regularization not in KEY_REGULARIZATIONS:
+            raise ValueError(
+                f"key_regularization must be one of {KEY_REGULARIZATIONS}, "
+                f"got {self.key_regularization!r}"
+            )
+        if self.encoder_channels % 32:
+            raise ValueError(
+                f"encoder_channels must be a multiple of 32 (GroupNorm(32)), got {self.encoder_channels}"
+            )
+
+    @property
+    def n_groups(self) -> int:
+        """Nh: groups of feature grids, one per key slice."""
+        return self.code_channels // self.key_length
+
+    @property
+    def r_max(self) -> int:
+        """Finest grid resolution: 32 if Hz <= 32 else 64 unless set (App. A.1)."""
+        if self.max_resolution is not None:
+            return self.max_resolution
+        return 32 if self.code_size <= 32 else 64
+
+    @property
+    def n_downsamplings(self) -> int:
+        return int(math.log2(self.image_size // self.code_size))
+
+    @property
+    def n_upsamplings(self) -> int:
+        return int(math.log2(self.image_size // self.tile_size))
+
+    @property
+    def relaxed_precision_std(self) -> float:
+        """Std of the relaxed-precision noise, 1 / (4 r_max) (Sec. 3.2)."""
+        return 1.0 / (4 * self.r_max)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> BRICSConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown BRICSConfig fields {unknown}")
+        return cls(**values)
+
+    def differences(self, other: BRICSConfig) -> list[str]:
+        """Human-readable ``field: self != other`` for every differing field."""
+        return [
+            f"{f.name}: {getattr(self, f.name)!r} != {getattr(other, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(other, f.name)
+        ]
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+PRESETS: dict[str, BRICSConfig] = {
+    # Table 2/3, LSUN-Church 256^2 (the default is 64x64x4)
+    "church-64x64x4": BRICSConfig(),
+    "church-32x32x4": BRICSConfig(code_size=32, code_channels=4),
+    "church-32x32x8": BRICSConfig(code_size=32, code_channels=8),
+    # Table 2/3, FFHQ 256^2
+    "ffhq-16x16x8": BRICSConfig(code_size=16, code_channels=8),
+    "ffhq-16x16x16": BRICSConfig(code_size=16, code_channels=16),
+    # Table 7: Ckey = 2 (two groups of 4-D grids)
+    "church-64x64x4-ckey2": BRICSConfig(key_length=2),
+    # Table 8: Hd = Wd = 32
+    "church-32x32x8-hd32": BRICSConfig(code_size=32, code_channels=8, tile_size=32),
+    # App. K: hashed grids with a smaller table (2^14 .. 2^18)
+    "church-64x64x4-hash14": BRICSConfig(grid_type="hash", log2_table_size=14),
+    # App. A.4: KL-regularised key codes instead of relaxed precision
+    "church-64x64x4-kl": BRICSConfig(key_regularization="kl"),
+    # Small presets that train in minutes on a CPU
+    "small-64": BRICSConfig(
+        image_size=64, code_size=16, code_channels=4, tile_size=32, decoder_channels=128,
+        log2_table_size=14, encoder_res_blocks=1, mapping_layers=2, disc_channels=32,
+        disc_max_channels=128,
+    ),  # fmt: skip
+    "tiny-32": BRICSConfig(
+        image_size=32, code_size=8, code_channels=4, tile_size=16, decoder_channels=64,
+        n_levels=8, log2_table_size=12, encoder_res_blocks=1, mlp_hidden=32, mapping_layers=2,
+        disc_channels=32, disc_max_channels=64,
+    ),  # fmt: skip
+}
+DEFAULT_PRESET = "church-64x64x4"
+
+
+def get_preset(name: str, **overrides) -> BRICSConfig:
+    """The preset ``name``, with fields replaced by ``overrides``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)

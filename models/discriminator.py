@@ -1,0 +1,66 @@
+"""StyleGAN2 discriminator (Karras et al. 2020, residual architecture with minibatch stddev)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .layers import EqualConv2d, EqualLinear
+
+
+class DiscriminatorBlock(nn.Module):
+    """Two 3x3 convolutions (the second downsampling) plus a 1x1 downsampling skip, scaled by 1/sqrt(2)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = EqualConv2d(in_channels, in_channels, 3, activation=True)
+        self.conv2 = EqualConv2d(in_channels, out_channels, 3, downsample=True, activation=True)
+        self.skip = EqualConv2d(in_channels, out_channels, 1, downsample=True, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2.0)
+
+
+def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:
+    """Append the mean per-group feature standard deviation as one extra channel."""
+    b, c, h, w = x.shape
+    group = min(group_size, b)
+    if b % group:
+        group = 1
+    y = x.reshape(group, -1, c, h, w)
+    std = torch.sqrt(y.var(dim=0, unbiased=False) + 1e-8).mean(dim=(1, 2, 3))  # (B / group,)
+    std = std.reshape(-1, 1, 1, 1).repeat(group, 1, h, w)
+    return torch.cat([x, std], dim=1)
+
+
+class Discriminator(nn.Module):
+    """Images (B, 3, H, W) -> realness logits (B,).
+
+    Channels start at ``channels`` at full resolution and double at every halving, up to
+    ``max_channels``; blocks downsample to 4x4.
+    """
+
+    def __init__(self, image_size: int, channels: int = 128, max_channels: int = 512) -> None:
+        super().__init__()
+        if image_size < 8 or image_size & (image_size - 1):
+            raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
+        self.from_rgb = EqualConv2d(3, channels, 1, activation=True)
+        blocks = []
+        resolution, c_in = image_size, channels
+        while resolution > 4:
+            c_out = min(max_channels, c_in * 2)
+            blocks.append(DiscriminatorBlock(c_in, c_out))
+            resolution //= 2
+            c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.final_conv = EqualConv2d(c_in + 1, c_in, 3, activation=True)
+        self.final_linear = nn.Sequential(
+            EqualLinear(c_in * 4 * 4, c_in, activation=True), EqualLinear(c_in, 1)
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.from_rgb(images))
+        x = self.final_conv(minibatch_stddev(x))
+        return self.final_linear(x.flatten(1)).squeeze(1)

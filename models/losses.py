@@ -1,0 +1,211 @@
+"""Training losses of the BRICS autoencoder (App. A.3).
+
+Generator: ``20 L2 + 5 perceptual + GAN`` (+ ``1e-6 KL`` for KL-regularised key codes).
+Discriminator: the paper's WGAN loss with gradient penalty (weight 4), or the authors'
+released choice, the non-saturating logistic loss with lazy R1 (gamma 4, every 16 steps).
+Perceptual: LPIPS (the paper) or an L1 distance of VGG16 features (the authors' code).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PERCEPTUAL = ("lpips", "vgg", "none")
+GAN_LOSSES = ("wgan-gp", "nonsaturating-r1")
+VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss choices and weights; the defaults are the paper's (App. A.3)."""
+
+    l2_weight: float = 20.0
+    perceptual: str = "lpips"
+    perceptual_weight: float = 5.0
+    gan: str = "wgan-gp"
+    gan_weight: float = 1.0
+    gp_weight: float = 4.0  # WGAN-GP penalty weight
+    r1_gamma: float = 4.0  # R1 weight gamma (penalty gamma / 2 * |grad|^2)
+    r1_interval: int = 16  # lazy R1: every this many discriminator steps
+    kl_weight: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.perceptual not in PERCEPTUAL:
+            raise ValueError(f"perceptual must be one of {PERCEPTUAL}, got {self.perceptual!r}")
+        if self.gan not in GAN_LOSSES:
+            raise ValueError(f"gan must be one of {GAN_LOSSES}, got {self.gan!r}")
+        if self.r1_interval < 1:
+            raise ValueError(f"r1_interval must be >= 1, got {self.r1_interval}")
+
+
+# --- pretrained backbones ------------------------------------------------------------------
+def backbone_weights_path(url: str) -> Path:
+    """Where torchvision caches the weights at ``url`` (``$TORCH_HOME/hub/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def require_backbone_weights(url: str, what: str) -> Path:
+    """The cached weights file of ``url``; raises FileNotFoundError naming it when absent."""
+    path = backbone_weights_path(url)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{what} needs pretrained weights at {path}, which is missing. Download {url} "
+            f"to that path (or set TORCH_HOME to a folder that has hub/checkpoints/{path.name}); "
+            "or train without it (--perceptual none / auto)."
+        )
+    return path
+
+
+class LPIPSLoss(nn.Module):
+    """Mean LPIPS distance (Zhang et al. 2018) of images in [-1, 1]; frozen."""
+
+    def __init__(self, net: str = "vgg", pretrained: bool = True) -> None:
+        super().__init__()
+        import lpips
+
+        if pretrained:
+            require_backbone_weights(VGG16_URL if net == "vgg" else ALEXNET_URL, f"LPIPS ({net})")
+        # pnet_rand: random backbone (tests); the linear heads ship with the lpips package.
+        with warnings.catch_warnings():  # lpips still passes torchvision's old `pretrained=`
+            warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+            self.model = lpips.LPIPS(net=net, pnet_rand=not pretrained, verbose=False).eval()
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.model(x, y).mean()
+
+    def per_image(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(B,) distances."""
+        return self.model(x, y).flatten()
+
+
+class VGGFeatureLoss(nn.Module):
+    """L1 distance of VGG16 features (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3); frozen."""
+
+    LAYERS = (3, 8, 15, 22, 29)  # indices of those ReLUs in torchvision's vgg16().features
+
+    def __init__(self, pretrained: bool = True) -> None:
+        super().__init__()
+        from torchvision.models import vgg16
+
+        features = vgg16().features[: self.LAYERS[-1] + 1]
+        if pretrained:
+            path = require_backbone_weights(VGG16_URL, "the VGG16 perceptual loss")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            features.load_state_dict({k[len("features.") :]: v for k, v in state.items()
+                                      if k.startswith("features.")}, strict=False)  # fmt: skip
+        self.features = features.eval()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self.requires_grad_(False)
+
+    def _activations(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = ((x + 1) / 2 - self.mean) / self.std
+        out = []
+        for index, layer in enumerate(self.features):
+            h = layer(h)
+            if index in self.LAYERS:
+                out.append(h)
+        return out
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return sum(F.l1_loss(a, b) for a, b in zip(self._activations(x), self._activations(y)))
+
+
+def build_perceptual_loss(kind: str, pretrained: bool = True) -> nn.Module | None:
+    """The perceptual loss module named ``kind`` (``lpips``, ``vgg``), or None for ``none``."""
+    if kind == "lpips":
+        return LPIPSLoss("vgg", pretrained)
+    if kind == "vgg":
+        return VGGFeatureLoss(pretrained)
+    if kind == "none":
+        return None
+    raise ValueError(f"perceptual loss must be one of {PERCEPTUAL}, got {kind!r}")
+
+
+# --- adversarial terms ---------------------------------------------------------------------
+def wgan_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    return fake_logits.mean() - real_logits.mean()
+
+
+def wgan_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    return -fake_logits.mean()
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): E[(|grad D(x_hat)|_2 - 1)^2] on random interpolates."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    mixed = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+
+def nonsaturating_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+
+
+def nonsaturating_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    return F.softplus(-fake_logits).mean()
+
+
+def r1_penalty(discriminator: nn.Module, real: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): E[|grad D(x)|^2] on real images."""
+    real = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(discriminator(real).sum(), real, create_graph=True)
+    return grad.square().flatten(1).sum(dim=1).mean()
+
+
+def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)), summed over code elements, averaged over the batch."""
+    kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)
+    return kl.flatten(1).sum(dim=1).mean()
+
+
+# --- combined objectives -------------------------------------------------------------------
+def generator_loss(config: LossConfig, images: torch.Tensor, output, perceptual: nn.Module | None,
+                   fake_logits: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    """Total autoencoder loss and its terms. ``output`` is an ``AutoencoderOutput``.
+
+    ``fake_logits`` (discriminator on the reconstruction) is None before the GAN starts.
+    """
+    rec = output.reconstruction
+    terms = {"l2": F.mse_loss(rec, images)}
+    total = config.l2_weight * terms["l2"]
+    if perceptual is not None:
+        terms["perceptual"] = perceptual(rec, images)
+        total = total + config.perceptual_weight * terms["perceptual"]
+    if fake_logits is not None:
+        gan = wgan_generator_loss if config.gan == "wgan-gp" else nonsaturating_generator_loss
+        terms["gan_g"] = gan(fake_logits)
+        total = total + config.gan_weight * terms["gan_g"]
+    if output.mean is not None:
+        terms["kl"] = kl_loss(output.mean, output.logvar)
+        total = total + config.kl_weight * terms["kl"]
+    return total, terms
+
+
+def discriminator_loss(config: LossConfig, discriminator: nn.Module, real: torch.Tensor,
+                       fake: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+    """Total discriminator loss and its terms at discriminator step ``step`` (for lazy R1)."""
+    fake = fake.detach()
+    real_logits, fake_logits = discriminator(real), discriminator(fake)
+    terms = {}
+    if config.gan == "wgan-gp":
+        terms["gan_d"] = wgan_discriminator_loss(real_logits, fake_logits)
+        terms["gp"] = gradient_penalty(discriminator, real, fake)
+        total = terms["gan_d"] + config.gp_weight * terms["gp"]
+    else:
+        terms["gan_d"] = nonsaturating_discriminator_loss(real_logits, fake_logits)
+        total = terms["gan_d"]
+        if step % config.r1_interval == 0:
+            terms["r1"] = r1_penalty(discriminator, real)
+            # Lazy regularisation: scale by the interval so the average weight stays gamma / 2.
+            total = total + config.r1_gamma / 2 * config.r1_interval * terms["r1"]
+    return total, terms

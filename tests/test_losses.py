@@ -1,0 +1,153 @@
+"""Losses on hand-made inputs, the discriminator, and the pretrained-weights errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from models import AutoencoderOutput, Discriminator, LossConfig, discriminator_loss, generator_loss
+from models.discriminator import minibatch_stddev
+from models.losses import (
+    LPIPSLoss,
+    VGGFeatureLoss,
+    backbone_weights_path,
+    build_perceptual_loss,
+    gradient_penalty,
+    kl_loss,
+    nonsaturating_discriminator_loss,
+    nonsaturating_generator_loss,
+    r1_penalty,
+    wgan_discriminator_loss,
+    wgan_generator_loss,
+)
+
+
+class LinearCritic(nn.Module):
+    """D(x) = <w, x>: its gradient is w everywhere."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        super().__init__()
+        self.w = nn.Parameter(w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.w).flatten(1).sum(1)
+
+
+class QuadraticCritic(nn.Module):
+    """D(x) = a / 2 |x|^2: its gradient is a x."""
+
+    def __init__(self, a: float) -> None:
+        super().__init__()
+        self.a = a
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.a * x.square().flatten(1).sum(1)
+
+
+def test_gradient_penalty_of_a_linear_critic():
+    w = torch.full((1, 3, 2, 2), 0.5)  # |w| = sqrt(12 * 0.25) = sqrt(3)
+    critic = LinearCritic(w)
+    real, fake = torch.randn(5, 3, 2, 2), torch.randn(5, 3, 2, 2)
+    penalty = gradient_penalty(critic, real, fake)
+    assert penalty.item() == pytest.approx((3**0.5 - 1) ** 2, rel=1e-6)
+    penalty.backward()  # differentiable w.r.t. the critic (create_graph)
+    assert critic.w.grad.abs().sum() > 0
+
+
+def test_r1_of_a_quadratic():
+    real = torch.randn(4, 3, 2, 2)
+    expected = (2.0**2 * real.square().flatten(1).sum(1)).mean()
+    assert r1_penalty(QuadraticCritic(2.0), real).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_kl_of_a_standard_normal_is_zero_and_grows_away_from_it():
+    zeros = torch.zeros(3, 4, 2, 2)
+    assert kl_loss(zeros, zeros).item() == 0.0
+    # mean 1, var 1: 0.5 per element, 16 elements per sample
+    assert kl_loss(torch.ones(3, 4, 2, 2), zeros).item() == pytest.approx(8.0)
+    # mean 0, logvar log 2: 0.5 (2 - 1 - log 2) per element
+    logvar = torch.full((3, 4, 2, 2), torch.log(torch.tensor(2.0)).item())
+    assert kl_loss(zeros, logvar).item() == pytest.approx(16 * 0.5 * (1 - 0.6931471805599453), rel=1e-5)
+
+
+def test_adversarial_terms():
+    real, fake = torch.tensor([2.0, 4.0]), torch.tensor([-1.0, 1.0])
+    assert wgan_discriminator_loss(real, fake).item() == -3.0
+    assert wgan_generator_loss(fake).item() == 0.0
+    softplus = torch.nn.functional.softplus
+    expected = softplus(fake).mean() + softplus(-real).mean()
+    assert nonsaturating_discriminator_loss(real, fake).item() == pytest.approx(expected.item())
+    assert nonsaturating_generator_loss(fake).item() == pytest.approx(softplus(-fake).mean().item())
+
+
+def test_generator_loss_weights_follow_appendix_a3():
+    images = torch.zeros(2, 3, 4, 4)
+    rec = torch.full((2, 3, 4, 4), 0.5)
+    constant_perceptual = lambda x, y: torch.tensor(0.25)
+    out = AutoencoderOutput(rec, torch.zeros(2, 1, 1, 1), torch.ones(2, 1, 1, 1), torch.zeros(2, 1, 1, 1))
+    total, terms = generator_loss(LossConfig(), images, out, constant_perceptual, torch.tensor([1.0, 3.0]))
+    # 20 * 0.25 + 5 * 0.25 + (-2) + 1e-6 * 0.5
+    assert terms["l2"].item() == 0.25 and terms["gan_g"].item() == -2.0 and terms["kl"].item() == 0.5
+    assert total.item() == pytest.approx(20 * 0.25 + 5 * 0.25 - 2.0 + 1e-6 * 0.5)
+    total, terms = generator_loss(LossConfig(), images, AutoencoderOutput(rec, None), None, None)
+    assert set(terms) == {"l2"} and total.item() == pytest.approx(5.0)
+
+
+def test_discriminator_loss_variants():
+    critic = LinearCritic(torch.full((1, 3, 2, 2), 0.5))
+    real, fake = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
+    total, terms = discriminator_loss(LossConfig(), critic, real, fake, step=1)
+    assert set(terms) == {"gan_d", "gp"}
+    assert total.item() == pytest.approx((terms["gan_d"] + 4 * terms["gp"]).item())
+    config = LossConfig(gan="nonsaturating-r1")
+    _, terms = discriminator_loss(config, critic, real, fake, step=3)
+    assert set(terms) == {"gan_d"}  # lazy R1 only every 16 steps
+    total, terms = discriminator_loss(config, critic, real, fake, step=32)
+    assert set(terms) == {"gan_d", "r1"}
+    # R1 of a linear critic is |w|^2 = 3; lazy weight gamma / 2 * 16 = 32
+    assert total.item() == pytest.approx((terms["gan_d"] + 32 * 3.0).item(), rel=1e-5)
+
+
+def test_bad_loss_config_names_the_value():
+    with pytest.raises(ValueError, match="'l1'"):
+        LossConfig(perceptual="l1")
+    with pytest.raises(ValueError, match="'hinge'"):
+        LossConfig(gan="hinge")
+
+
+@pytest.mark.parametrize("size", [8, 32])
+def test_discriminator_shapes_and_minibatch_stddev(size):
+    disc = Discriminator(size, channels=16, max_channels=32)
+    images = torch.randn(6, 3, size, size, requires_grad=True)
+    logits = disc(images)
+    assert logits.shape == (6,)
+    logits.sum().backward()
+    assert images.grad.abs().sum() > 0
+    x = torch.randn(8, 5, 4, 4)
+    y = minibatch_stddev(x)
+    assert y.shape == (8, 6, 4, 4)
+    torch.testing.assert_close(y[:, :5], x)
+    with pytest.raises(ValueError, match="power of two"):
+        Discriminator(48)
+
+
+@pytest.mark.parametrize("kind", ["lpips", "vgg"])
+def test_perceptual_losses_with_random_backbones(kind):
+    loss = LPIPSLoss("vgg", pretrained=False) if kind == "lpips" else VGGFeatureLoss(pretrained=False)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y = (x + 0.3 * torch.randn_like(x)).clamp(-1, 1)
+    assert loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(x, y).item() > 0
+    assert all(not p.requires_grad for p in loss.parameters())
+    y.requires_grad_(True)
+    loss(x, y).backward()  # gradients flow to the reconstruction
+    assert y.grad.abs().sum() > 0
+
+
+def test_missing_pretrained_weights_name_the_cache_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = backbone_weights_path("https://download.pytorch.org/models/vgg16-397923af.pth")
+    assert path == tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    for kind in ("lpips", "vgg"):
+        with pytest.raises(FileNotFoundError, match=str(path).replace("\\", "\\\\")):
+            build_perceptual_loss(kind)
+    assert build_perceptual_loss("none") is None
