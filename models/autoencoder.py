@@ -42,9 +42,12 @@ class BRICSAutoencoder(nn.Module):
         self.config = config
         kl = config.key_regularization == "kl"
         self.encoder = Encoder(
-            config.image_size, config.code_size, config.code_channels * (2 if kl else 1),
-            config.encoder_channels, config.encoder_res_blocks,
-        )  # fmt: skip
+            config.image_size,
+            config.code_size,
+            config.code_channels * (2 if kl else 1),
+            config.encoder_channels,
+            config.encoder_res_blocks,
+        )
         self.retrieval = FeatureRetrieval(config, grid_backend)
         self.decoder = SynthesisDecoder(
             config.decoder_channels, config.tile_size, config.image_size, config.mapping_layers

@@ -44,10 +44,24 @@ class BRICSConfig:
     disc_max_channels: int = 512
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "code_size", "code_channels", "key_length", "tile_size",
-                     "decoder_channels", "n_levels", "n_features", "base_resolution",
-                     "log2_table_size", "encoder_channels", "encoder_res_blocks", "mlp_hidden",
-                     "mapping_layers", "disc_channels", "disc_max_channels"):  # fmt: skip
+        for name in (
+            "image_size",
+            "code_size",
+            "code_channels",
+            "key_length",
+            "tile_size",
+            "decoder_channels",
+            "n_levels",
+            "n_features",
+            "base_resolution",
+            "log2_table_size",
+            "encoder_channels",
+            "encoder_res_blocks",
+            "mlp_hidden",
+            "mapping_layers",
+            "disc_channels",
+            "disc_max_channels",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -76,7 +90,8 @@ class BRICSConfig:
             )
         if self.encoder_channels % 32:
             raise ValueError(
-                f"encoder_channels must be a multiple of 32 (GroupNorm(32)), got {self.encoder_channels}"
+                f"encoder_channels must be a multiple of 32 (GroupNorm(32)), "
+                f"got {self.encoder_channels}"
             )
 
     @property
@@ -146,15 +161,31 @@ PRESETS: dict[str, BRICSConfig] = {
     "church-64x64x4-kl": BRICSConfig(key_regularization="kl"),
     # Small presets that train in minutes on a CPU
     "small-64": BRICSConfig(
-        image_size=64, code_size=16, code_channels=4, tile_size=32, decoder_channels=128,
-        log2_table_size=14, encoder_res_blocks=1, mapping_layers=2, disc_channels=32,
+        image_size=64,
+        code_size=16,
+        code_channels=4,
+        tile_size=32,
+        decoder_channels=128,
+        log2_table_size=14,
+        encoder_res_blocks=1,
+        mapping_layers=2,
+        disc_channels=32,
         disc_max_channels=128,
-    ),  # fmt: skip
+    ),
     "tiny-32": BRICSConfig(
-        image_size=32, code_size=8, code_channels=4, tile_size=16, decoder_channels=64,
-        n_levels=8, log2_table_size=12, encoder_res_blocks=1, mlp_hidden=32, mapping_layers=2,
-        disc_channels=32, disc_max_channels=64,
-    ),  # fmt: skip
+        image_size=32,
+        code_size=8,
+        code_channels=4,
+        tile_size=16,
+        decoder_channels=64,
+        n_levels=8,
+        log2_table_size=12,
+        encoder_res_blocks=1,
+        mlp_hidden=32,
+        mapping_layers=2,
+        disc_channels=32,
+        disc_max_channels=64,
+    ),
 }
 DEFAULT_PRESET = "church-64x64x4"
 

@@ -11,7 +11,7 @@ from .layers import EqualConv2d, EqualLinear
 
 
 class DiscriminatorBlock(nn.Module):
-    """Two 3x3 convolutions (the second downsampling) plus a 1x1 downsampling skip, scaled by 1/sqrt(2)."""
+    """Two 3x3 convolutions (the second downsampling) + a 1x1 downsampling skip, over sqrt(2)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()

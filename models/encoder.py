@@ -14,8 +14,14 @@ from torch import nn
 
 # Channel multipliers by number of downsamplings, as the public VQGAN / LDM configs
 # (f4: (1, 2, 4), f8: (1, 2, 2, 4), f16: (1, 1, 2, 2, 4)).
-CHANNEL_MULTIPLIERS = {0: (1,), 1: (1, 2), 2: (1, 2, 4), 3: (1, 2, 2, 4), 4: (1, 1, 2, 2, 4),
-                       5: (1, 1, 2, 2, 4, 4)}  # fmt: skip
+CHANNEL_MULTIPLIERS = {
+    0: (1,),
+    1: (1, 2),
+    2: (1, 2, 4),
+    3: (1, 2, 2, 4),
+    4: (1, 1, 2, 2, 4),
+    5: (1, 1, 2, 2, 4, 4),
+}
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -30,7 +36,9 @@ class ResnetBlock(nn.Module):
         self.norm2 = group_norm(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.shortcut = (
-            nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+            nn.Conv2d(in_channels, out_channels, 1)
+            if in_channels != out_channels
+            else nn.Identity()
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,8 +77,14 @@ class Downsample(nn.Module):
 class Encoder(nn.Module):
     """Image (B, 3, H, W) -> (B, out_channels, Hz, Wz) pre-activation key code."""
 
-    def __init__(self, image_size: int, code_size: int, out_channels: int, channels: int = 32,
-                 res_blocks: int = 2) -> None:  # fmt: skip
+    def __init__(
+        self,
+        image_size: int,
+        code_size: int,
+        out_channels: int,
+        channels: int = 32,
+        res_blocks: int = 2,
+    ) -> None:
         super().__init__()
         n_down = (image_size // code_size).bit_length() - 1
         if n_down not in CHANNEL_MULTIPLIERS:
@@ -91,8 +105,9 @@ class Encoder(nn.Module):
                 layers.append(Downsample(block_in))
                 resolution //= 2
         self.down = nn.Sequential(*layers)
-        self.mid = nn.Sequential(ResnetBlock(block_in, block_in), AttnBlock(block_in),
-                                 ResnetBlock(block_in, block_in))  # fmt: skip
+        self.mid = nn.Sequential(
+            ResnetBlock(block_in, block_in), AttnBlock(block_in), ResnetBlock(block_in, block_in)
+        )
         self.norm_out = group_norm(block_in)
         self.conv_out = nn.Conv2d(block_in, out_channels, 3, padding=1)
 

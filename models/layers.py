@@ -24,8 +24,14 @@ def lrelu(x: torch.Tensor) -> torch.Tensor:
 class EqualLinear(nn.Module):
     """Linear layer with equalized learning rate; optional leaky-ReLU activation."""
 
-    def __init__(self, in_features: int, out_features: int, bias_init: float = 0.0,
-                 lr_mul: float = 1.0, activation: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias_init: float = 0.0,
+        lr_mul: float = 1.0,
+        activation: bool = False,
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
         self.bias = nn.Parameter(torch.full((out_features,), float(bias_init)))
@@ -54,7 +60,7 @@ def blur(x: torch.Tensor, pad: tuple[int, int], gain: float = 1.0) -> torch.Tens
 
 
 def upsample_2x(x: torch.Tensor) -> torch.Tensor:
-    """Zero-insertion 2x upsampling followed by the FIR filter (gain 4): (B,C,H,W) -> (B,C,2H,2W)."""
+    """Zero-insertion 2x upsampling and the FIR filter (gain 4): (B,C,H,W) -> (B,C,2H,2W)."""
     b, c, h, w = x.shape
     up = x.new_zeros(b, c, h, 2, w, 2)
     up[:, :, :, 0, :, 0] = x
@@ -64,8 +70,15 @@ def upsample_2x(x: torch.Tensor) -> torch.Tensor:
 class EqualConv2d(nn.Module):
     """Convolution with equalized learning rate; optional FIR-filtered stride-2 downsampling."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
-                 downsample: bool = False, bias: bool = True, activation: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        downsample: bool = False,
+        bias: bool = True,
+        activation: bool = False,
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None

@@ -99,8 +99,10 @@ class VGGFeatureLoss(nn.Module):
         if pretrained:
             path = require_backbone_weights(VGG16_URL, "the VGG16 perceptual loss")
             state = torch.load(path, map_location="cpu", weights_only=True)
-            features.load_state_dict({k[len("features.") :]: v for k, v in state.items()
-                                      if k.startswith("features.")}, strict=False)  # fmt: skip
+            features.load_state_dict(
+                {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")},
+                strict=False,
+            )
         self.features = features.eval()
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
@@ -147,7 +149,9 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) 
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
 
 
-def nonsaturating_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+def nonsaturating_discriminator_loss(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor
+) -> torch.Tensor:
     return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
 
 
@@ -169,8 +173,13 @@ def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 # --- combined objectives -------------------------------------------------------------------
-def generator_loss(config: LossConfig, images: torch.Tensor, output, perceptual: nn.Module | None,
-                   fake_logits: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+def generator_loss(
+    config: LossConfig,
+    images: torch.Tensor,
+    output,
+    perceptual: nn.Module | None,
+    fake_logits: torch.Tensor | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total autoencoder loss and its terms. ``output`` is an ``AutoencoderOutput``.
 
     ``fake_logits`` (discriminator on the reconstruction) is None before the GAN starts.
@@ -191,8 +200,9 @@ def generator_loss(config: LossConfig, images: torch.Tensor, output, perceptual:
     return total, terms
 
 
-def discriminator_loss(config: LossConfig, discriminator: nn.Module, real: torch.Tensor,
-                       fake: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+def discriminator_loss(
+    config: LossConfig, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, step: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total discriminator loss and its terms at discriminator step ``step`` (for lazy R1)."""
     fake = fake.detach()
     real_logits, fake_logits = discriminator(real), discriminator(fake)

@@ -10,8 +10,9 @@ AE_EPS = 1e-15  # tiny eps so rarely hit grid entries still move quickly (Instan
 DISC_EPS = 1e-8
 
 
-def build_optimizers(autoencoder: nn.Module, discriminator: nn.Module | None, lr: float = 2e-3
-                     ) -> tuple[torch.optim.Adam, torch.optim.Adam | None]:  # fmt: skip
+def build_optimizers(
+    autoencoder: nn.Module, discriminator: nn.Module | None, lr: float = 2e-3
+) -> tuple[torch.optim.Adam, torch.optim.Adam | None]:
     """Adam(lr, betas (0, 0.99)) with eps 1e-15 for encoder, decoder and grids, 1e-8 for D."""
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")

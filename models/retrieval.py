@@ -11,6 +11,7 @@ key code z (B, Cz, Hz, Wz) in [0, 1]
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -23,7 +24,7 @@ from .config import BRICSConfig
 
 
 def tile(key_code: torch.Tensor, tile_size: int) -> torch.Tensor:
-    """Interleaved tiling: (B, C, Hz, Wz) -> (B, C, Hd, Wd), each cell repeated Hd/Hz times per axis."""
+    """Interleaved tiling: (B, C, Hz, Wz) -> (B, C, Hd, Wd), each cell repeated Hd/Hz times."""
     factor = tile_size // key_code.shape[-1]
     return key_code.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
@@ -55,9 +56,11 @@ class GroupedMLP(nn.Module):
         super().__init__()
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default initialisation, per group
-            self.weights.append(nn.Parameter(torch.empty(n_groups, fan_in, fan_out).uniform_(-bound, bound)))
+            self.weights.append(
+                nn.Parameter(torch.empty(n_groups, fan_in, fan_out).uniform_(-bound, bound))
+            )
             self.biases.append(nn.Parameter(torch.empty(n_groups, fan_out).uniform_(-bound, bound)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,7 +94,7 @@ class FeatureRetrieval(nn.Module):
         self.relaxed_precision = config.key_regularization == "relaxed"
 
     def queries(self, key_code: torch.Tensor) -> torch.Tensor:
-        """Tiling, relaxed precision (training only, when enabled) and coordinates: (B, Hd, Wd, Nh, d)."""
+        """Tiling, relaxed precision (training only) and coordinates: (B, Hd, Wd, Nh, d)."""
         tiled = tile(key_code, self.config.tile_size)
         if self.training and self.relaxed_precision:
             tiled = relax_precision(tiled, self.config.relaxed_precision_std)

@@ -24,7 +24,10 @@ class StyleMapping(nn.Module):
     def __init__(self, channels: int, n_layers: int) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            *(EqualLinear(channels, channels, lr_mul=0.01, activation=True) for _ in range(n_layers))
+            *(
+                EqualLinear(channels, channels, lr_mul=0.01, activation=True)
+                for _ in range(n_layers)
+            )
         )
 
     def forward(self, feature_block: torch.Tensor) -> torch.Tensor:
@@ -39,8 +42,15 @@ class ModulatedConv2d(nn.Module):
     Upsampling is a stride-2 transposed convolution followed by the FIR filter.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, style_dim: int,
-                 demodulate: bool = True, upsample: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        style_dim: int,
+        demodulate: bool = True,
+        upsample: bool = False,
+    ) -> None:
         super().__init__()
         shape = (1, out_channels, in_channels, kernel_size, kernel_size)
         self.weight = nn.Parameter(torch.randn(shape))
@@ -91,8 +101,14 @@ class NoiseInjection(nn.Module):
 class StyledConv(nn.Module):
     """Modulated 3x3 convolution + noise + bias + leaky ReLU."""
 
-    def __init__(self, in_channels: int, out_channels: int, style_dim: int, resolution: int,
-                 upsample: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        style_dim: int,
+        resolution: int,
+        upsample: bool = False,
+    ) -> None:
         super().__init__()
         self.conv = ModulatedConv2d(in_channels, out_channels, 3, style_dim, upsample=upsample)
         self.noise = NoiseInjection(resolution)
@@ -110,7 +126,9 @@ class ToRGB(nn.Module):
         self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None
+    ) -> torch.Tensor:
         rgb = self.conv(x, style) + self.bias
         return rgb if skip is None else rgb + upsample_2x(skip)
 
@@ -123,17 +141,20 @@ def synthesis_channels(decoder_channels: int, tile_size: int, resolution: int) -
 class SynthesisDecoder(nn.Module):
     """Feature block (B, Cd, Hd, Wd) -> image (B, 3, H, W), unbounded (trained towards [-1, 1])."""
 
-    def __init__(self, decoder_channels: int, tile_size: int, image_size: int,
-                 mapping_layers: int) -> None:  # fmt: skip
+    def __init__(
+        self, decoder_channels: int, tile_size: int, image_size: int, mapping_layers: int
+    ) -> None:
         super().__init__()
         style_dim = decoder_channels
         self.mapping = StyleMapping(decoder_channels, mapping_layers)
         channels = synthesis_channels(decoder_channels, tile_size, tile_size)
         # First block at Hd: two convolutions on the feature block, then toRGB.
-        self.input_convs = nn.ModuleList([
-            StyledConv(decoder_channels, channels, style_dim, tile_size),
-            StyledConv(channels, channels, style_dim, tile_size),
-        ])  # fmt: skip
+        self.input_convs = nn.ModuleList(
+            [
+                StyledConv(decoder_channels, channels, style_dim, tile_size),
+                StyledConv(channels, channels, style_dim, tile_size),
+            ]
+        )
         self.input_rgb = ToRGB(channels, style_dim)
         self.blocks = nn.ModuleList()
         self.to_rgb = nn.ModuleList()
@@ -141,10 +162,14 @@ class SynthesisDecoder(nn.Module):
         while resolution < image_size:
             resolution *= 2
             out_channels = synthesis_channels(decoder_channels, tile_size, resolution)
-            self.blocks.append(nn.ModuleList([
-                StyledConv(channels, out_channels, style_dim, resolution, upsample=True),
-                StyledConv(out_channels, out_channels, style_dim, resolution),
-            ]))  # fmt: skip
+            self.blocks.append(
+                nn.ModuleList(
+                    [
+                        StyledConv(channels, out_channels, style_dim, resolution, upsample=True),
+                        StyledConv(out_channels, out_channels, style_dim, resolution),
+                    ]
+                )
+            )
             self.to_rgb.append(ToRGB(out_channels, style_dim))
             channels = out_channels
 

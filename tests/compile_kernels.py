@@ -39,37 +39,77 @@ def variants():
         yield (
             f"forward d={d} {table}",
             kernels.grid_forward_kernel,
-            {"x_ptr": "*fp32", "params_ptr": f"*{table}", "meta_ptr": "*i64",
-             "y_ptr": f"*{table}", "N": "i32", "G": "i32", "E": "i32", "L": "i32"},
+            {
+                "x_ptr": "*fp32",
+                "params_ptr": f"*{table}",
+                "meta_ptr": "*i64",
+                "y_ptr": f"*{table}",
+                "N": "i32",
+                "G": "i32",
+                "E": "i32",
+                "L": "i32",
+            },
             {**common, "F": 4, "SMOOTH": d == 3, "BLOCK": 128},
-        )  # fmt: skip
+        )
         for param_grad, input_grad in ((True, True), (True, False), (False, True)):
             if (param_grad, input_grad) != (True, True) and d != 3:
                 continue
             yield (
                 f"backward d={d} {table} dparams={param_grad} dx={input_grad}",
                 kernels.grid_backward_kernel,
-                {"x_ptr": "*fp16", "params_ptr": f"*{table}", "meta_ptr": "*i64",
-                 "dy_ptr": f"*{table}", "dparams_ptr": f"*{acc}", "dx_ptr": "*fp16",
-                 "N": "i32", "G": "i32", "E": "i32", "L": "i32"},
-                {**common, "F": 8, "SMOOTH": True, "PARAM_GRAD": param_grad,
-                 "INPUT_GRAD": input_grad, "BLOCK": 128},
-            )  # fmt: skip
+                {
+                    "x_ptr": "*fp16",
+                    "params_ptr": f"*{table}",
+                    "meta_ptr": "*i64",
+                    "dy_ptr": f"*{table}",
+                    "dparams_ptr": f"*{acc}",
+                    "dx_ptr": "*fp16",
+                    "N": "i32",
+                    "G": "i32",
+                    "E": "i32",
+                    "L": "i32",
+                },
+                {
+                    **common,
+                    "F": 8,
+                    "SMOOTH": True,
+                    "PARAM_GRAD": param_grad,
+                    "INPUT_GRAD": input_grad,
+                    "BLOCK": 128,
+                },
+            )
     yield (
         "corner rows d=3",
         kernels.grid_corner_rows_kernel,
-        {"x_ptr": "*fp32", "meta_ptr": "*i64", "rows_ptr": "*i32", "N": "i32", "G": "i32",
-         "E": "i32", "level": "i32"},
+        {
+            "x_ptr": "*fp32",
+            "meta_ptr": "*i64",
+            "rows_ptr": "*i32",
+            "N": "i32",
+            "G": "i32",
+            "E": "i32",
+            "level": "i32",
+        },
         {"D": 3, "COMPUTE": tl.float32, "BLOCK": 128},
-    )  # fmt: skip
+    )
     yield (
         "segment sum d=3",
         kernels.grid_segment_sum_kernel,
-        {"x_ptr": "*fp32", "meta_ptr": "*i64", "dy_ptr": "*fp32", "order_ptr": "*i64",
-         "seg_row_ptr": "*i32", "seg_start_ptr": "*i64", "seg_len_ptr": "*i64",
-         "dparams_ptr": "*fp32", "S": "i32", "L": "i32", "level": "i32"},
+        {
+            "x_ptr": "*fp32",
+            "meta_ptr": "*i64",
+            "dy_ptr": "*fp32",
+            "order_ptr": "*i64",
+            "seg_row_ptr": "*i32",
+            "seg_start_ptr": "*i64",
+            "seg_len_ptr": "*i64",
+            "dparams_ptr": "*fp32",
+            "S": "i32",
+            "L": "i32",
+            "level": "i32",
+        },
         {"D": 3, "F": 4, "SMOOTH": True, "COMPUTE": tl.float32, "BLOCK": 64},
-    )  # fmt: skip
+    )
 
 
 def main() -> int:

@@ -66,7 +66,9 @@ def test_kl_of_a_standard_normal_is_zero_and_grows_away_from_it():
     assert kl_loss(torch.ones(3, 4, 2, 2), zeros).item() == pytest.approx(8.0)
     # mean 0, logvar log 2: 0.5 (2 - 1 - log 2) per element
     logvar = torch.full((3, 4, 2, 2), torch.log(torch.tensor(2.0)).item())
-    assert kl_loss(zeros, logvar).item() == pytest.approx(16 * 0.5 * (1 - 0.6931471805599453), rel=1e-5)
+    assert kl_loss(zeros, logvar).item() == pytest.approx(
+        16 * 0.5 * (1 - 0.6931471805599453), rel=1e-5
+    )
 
 
 def test_adversarial_terms():
@@ -83,10 +85,16 @@ def test_generator_loss_weights_follow_appendix_a3():
     images = torch.zeros(2, 3, 4, 4)
     rec = torch.full((2, 3, 4, 4), 0.5)
     constant_perceptual = lambda x, y: torch.tensor(0.25)
-    out = AutoencoderOutput(rec, torch.zeros(2, 1, 1, 1), torch.ones(2, 1, 1, 1), torch.zeros(2, 1, 1, 1))
-    total, terms = generator_loss(LossConfig(), images, out, constant_perceptual, torch.tensor([1.0, 3.0]))
+    out = AutoencoderOutput(
+        rec, torch.zeros(2, 1, 1, 1), torch.ones(2, 1, 1, 1), torch.zeros(2, 1, 1, 1)
+    )
+    total, terms = generator_loss(
+        LossConfig(), images, out, constant_perceptual, torch.tensor([1.0, 3.0])
+    )
     # 20 * 0.25 + 5 * 0.25 + (-2) + 1e-6 * 0.5
-    assert terms["l2"].item() == 0.25 and terms["gan_g"].item() == -2.0 and terms["kl"].item() == 0.5
+    assert (
+        terms["l2"].item() == 0.25 and terms["gan_g"].item() == -2.0 and terms["kl"].item() == 0.5
+    )
     assert total.item() == pytest.approx(20 * 0.25 + 5 * 0.25 - 2.0 + 1e-6 * 0.5)
     total, terms = generator_loss(LossConfig(), images, AutoencoderOutput(rec, None), None, None)
     assert set(terms) == {"l2"} and total.item() == pytest.approx(5.0)
@@ -132,7 +140,9 @@ def test_discriminator_shapes_and_minibatch_stddev(size):
 
 @pytest.mark.parametrize("kind", ["lpips", "vgg"])
 def test_perceptual_losses_with_random_backbones(kind):
-    loss = LPIPSLoss("vgg", pretrained=False) if kind == "lpips" else VGGFeatureLoss(pretrained=False)
+    loss = (
+        LPIPSLoss("vgg", pretrained=False) if kind == "lpips" else VGGFeatureLoss(pretrained=False)
+    )
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     y = (x + 0.3 * torch.randn_like(x)).clamp(-1, 1)
     assert loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
