@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import BRICSConfig
 from .encoder import Encoder
+from .persistence import PretrainedMixin
 from .retrieval import FeatureRetrieval
 from .synthesis import SynthesisDecoder
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass
@@ -29,13 +24,15 @@ class AutoencoderOutput:
     logvar: torch.Tensor | None = None  # KL variant: posterior log-variance
 
 
-class BRICSAutoencoder(nn.Module):
+class BRICSAutoencoder(PretrainedMixin, nn.Module):
     """BRICS (Yang et al. 2023): images in [-1, 1] <-> key codes in [0, 1].
 
     Args:
         config: the model's hyper-parameters (see :mod:`models.config` for presets).
         grid_backend: backend of the feature grids, ``"auto"``, ``"triton"`` or ``"torch"``.
     """
+
+    config_class = BRICSConfig
 
     def __init__(self, config: BRICSConfig, grid_backend: str = "auto") -> None:
         super().__init__()
@@ -97,40 +94,6 @@ class BRICSAutoencoder(nn.Module):
         c = self.config
         expected = (c.code_channels, c.code_size, c.code_size)
         _check_tensor("key_codes", key_codes, expected, "(B, Cz, Hz, Wz)")
-
-    # --- persistence --------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (no pickling) to ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "brics/1"})
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        directory: str | Path,
-        config: BRICSConfig | None = None,
-        grid_backend: str = "auto",
-        device: torch.device | str = "cpu",
-    ) -> BRICSAutoencoder:
-        """Load a model written by :meth:`save_pretrained`.
-
-        If ``config`` is given it must equal the saved one; otherwise a ``ValueError``
-        lists every differing field.
-        """
-        directory = Path(directory)
-        saved = BRICSConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
-        if config is not None and config != saved:
-            raise ValueError(
-                f"checkpoint {directory} was saved with a different config: "
-                + "; ".join(f"{d} (expected != saved)" for d in config.differences(saved))
-            )
-        model = cls(saved, grid_backend=grid_backend)
-        state = load_file(str(directory / WEIGHTS_FILE), device=str(device))
-        model.load_state_dict(state, strict=True)
-        return model.to(device)
 
 
 def _check_tensor(name: str, x, trailing: tuple[int, ...], layout: str) -> None:

@@ -10,11 +10,13 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from .persistence import ConfigMixin
+
 KEY_REGULARIZATIONS = ("relaxed", "kl", "none")
 
 
 @dataclass(frozen=True)
-class BRICSConfig:
+class BRICSConfig(ConfigMixin):
     """Hyper-parameters of :class:`models.BRICSAutoencoder` (SPEC §2)."""
 
     image_size: int = 256  # H = W
@@ -118,25 +120,6 @@ class BRICSConfig:
     def relaxed_precision_std(self) -> float:
         """Std of the relaxed-precision noise, 1 / (4 r_max) (Sec. 3.2)."""
         return 1.0 / (4 * self.r_max)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> BRICSConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown BRICSConfig fields {unknown}")
-        return cls(**values)
-
-    def differences(self, other: BRICSConfig) -> list[str]:
-        """Human-readable ``field: self != other`` for every differing field."""
-        return [
-            f"{f.name}: {getattr(self, f.name)!r} != {getattr(other, f.name)!r}"
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) != getattr(other, f.name)
-        ]
 
 
 def _is_power_of_two(n: int) -> bool:

@@ -1,0 +1,199 @@
+"""Stage-1 training script end to end on the CPU: outputs, exact resume, crash safety, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+
+ROOT = Path(__file__).parents[1]
+SCRIPT = ROOT / "train" / "ae.py"
+# A tiny model on the built-in photos; the GAN starts at step 2 so both updates are covered.
+FAST = [
+    "--preset",
+    "tiny-32",
+    "--batch-size",
+    "4",
+    "--gan-start",
+    "2",
+    "--eval-images",
+    "8",
+    "--grid-backend",
+    "torch",
+    "--perceptual",
+    "none",
+    "--deterministic",
+    "true",
+    "--cpu-threads",
+    "1",
+]
+
+
+def run(output, *args, env=None, check=True, launcher=None):
+    command = [
+        *(launcher or [sys.executable]),
+        str(SCRIPT),
+        "--output-dir",
+        str(output),
+        *FAST,
+        *args,
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=ROOT)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = latest_checkpoint(run_dir)
+    weights = load_file(str(ckpt / "autoencoder" / "model.safetensors"))
+    weights.update(
+        {f"D.{k}": v for k, v in load_file(str(ckpt / "discriminator.safetensors")).items()}
+    )
+    return weights
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+    assert worst <= 1e-6, f"largest parameter difference {worst}"
+
+
+def test_short_run_writes_logs_grids_metrics_and_checkpoints(tmp_path):
+    result = run(
+        tmp_path, "--max-steps", "6", "--eval-every", "3", "--save-every", "2", "--keep-last", "2"
+    )
+    assert f"run folder: {tmp_path.resolve()}" in result.stdout
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004", "step_00000006"]
+    assert list(tmp_path.rglob("events.out.tfevents.*")), "no TensorBoard log"
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "step_00000003.png",
+        "step_00000006.png",
+    ]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["step"] == 6 and metrics["images"] == 8
+    for key in ("psnr", "ssim"):
+        assert set(metrics[key]) == {"mean", "std"}
+    assert (
+        0 < metrics["usage_rate"] <= 1
+        and 0 <= metrics["key_code_min"] <= metrics["key_code_max"] <= 1
+    )
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    ckpt = latest_checkpoint(tmp_path)
+    saved = json.loads((ckpt / "options.json").read_text())
+    assert saved["max_steps"] == 6 and saved["preset"] == "tiny-32"
+    state = load_checkpoint(ckpt, {})
+    assert state["step"] == 6 and {"ae_optimizer", "disc_optimizer", "scheduler"} <= set(state)
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    args = ["--max-steps", "7", "--save-every", "2", "--eval-every", "100"]
+    run(straight, *args)
+    killed = run(interrupted, *args, env={"BRICS_FAULT_KILL_AT_STEP": "5"}, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert latest_checkpoint(interrupted).name == "step_00000004"  # step 5 was never saved
+    resumed = run(interrupted, *args)
+    assert "resumed from" in resumed.stderr and "at step 4" in resumed.stderr
+    assert_same_weights(final_weights(straight), final_weights(interrupted))
+
+
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    args = ["--max-steps", "6", "--save-every", "2", "--eval-every", "100"]
+    killed = run(tmp_path, *args, env={"BRICS_FAULT_KILL_DURING_SAVE": "4"}, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / "checkpoints" / "step_00000004.tmp").is_dir()  # the interrupted save
+    previous = latest_checkpoint(tmp_path)
+    assert previous.name == "step_00000002"
+    assert load_checkpoint(previous, {})["step"] == 2
+    run(tmp_path, *args)  # resumes from step 2 and replaces the partial save
+    assert [p.name for p in list_checkpoints(tmp_path)][-1] == "step_00000006"
+    assert not (tmp_path / "checkpoints" / "step_00000004.tmp").exists()
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--output-dir",
+        str(tmp_path),
+        *FAST,
+        "--max-steps",
+        "100000",
+        "--save-every",
+        "1000",
+        "--eval-every",
+        "1000",
+    ]
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while not list((tmp_path).rglob("events.out.tfevents.*")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.0)  # a few steps
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-2000:]
+    assert "stopped by signal" in stderr
+    ckpt = latest_checkpoint(tmp_path)
+    assert ckpt is not None and 0 < load_checkpoint(ckpt, {})["step"] < 100000
+
+
+def test_missing_lpips_weights_fail_at_start_with_the_cache_path(tmp_path):
+    result = run(
+        tmp_path / "run", "--perceptual", "lpips", env={"TORCH_HOME": str(tmp_path)}, check=False
+    )
+    assert result.returncode != 0
+    assert str(tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth") in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_empty_folder_fails_before_building_a_model(tmp_path):
+    (tmp_path / "images").mkdir()
+    result = run(tmp_path / "run", "--data", str(tmp_path / "images"), check=False)
+    assert result.returncode != 0 and "no readable images" in result.stderr
+
+
+def test_dry_run_prints_the_resolved_config(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("max_steps: 42\nlr: 0.001\n")
+    result = run(tmp_path / "run", "--config", str(config), "--lr", "0.0005", "--dry-run")
+    resolved = json.loads(result.stdout)
+    assert resolved["options"]["max_steps"] == 42 and resolved["options"]["lr"] == 0.0005
+    assert resolved["model"]["image_size"] == 32 and resolved["learning_rate"] == 0.0005
+    assert not (tmp_path / "run").exists()
+    bad = run(tmp_path / "run", "--max-steps", "0", check=False)
+    assert bad.returncode == 2 and "--max-steps must be >= 1, got 0" in bad.stderr
+
+
+def test_two_processes_on_cpu(tmp_path):
+    # accelerate's multi-process launcher; without CUDA the script runs gloo DDP on the CPU.
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    run(tmp_path, "--max-steps", "3", "--save-every", "3", "--eval-every", "3", launcher=launcher)
+    ckpt = latest_checkpoint(tmp_path)
+    assert {p.name for p in ckpt.glob("rng_rank*.pt")} == {"rng_rank0.pt", "rng_rank1.pt"}
+    assert load_checkpoint(ckpt, {})["step"] == 3

@@ -1,0 +1,1 @@
+"""Training, sampling and evaluation entry points (run with accelerate launch / python)."""

@@ -1,0 +1,170 @@
+"""Crash-safe training checkpoints.
+
+A checkpoint is a folder ``<run>/checkpoints/step_00001234/`` holding the models (a
+``save_pretrained`` folder or ``<name>.safetensors``), ``training_state.pt`` (optimizers,
+schedulers, step, anything else; loaded with ``weights_only=True``), one ``rng_rank<r>.pt``
+per process, and ``options.json``. It is written under a temporary name and renamed into
+place, so a crash or ``kill -9`` during a save never damages the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+STATE_FILE = "training_state.pt"
+NAME = re.compile(r"^step_(\d{8})$")
+# Fault injection for the crash-safety tests: SIGKILL this process in the middle of the
+# save of that step (after the weights, before the rename).
+KILL_DURING_SAVE = "BRICS_FAULT_KILL_DURING_SAVE"
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if NAME.match(p.name) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def rng_state() -> dict:
+    """Every random generator a training process uses, as tensors and ints."""
+    state = {"torch": torch.get_rng_state(), "python": _python_state(), "numpy": _numpy_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+
+
+def _python_state():
+    version, internal, gauss = random.getstate()
+    return version, torch.tensor(internal, dtype=torch.int64), gauss
+
+
+def _numpy_state():
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    accelerator,
+    models: dict[str, nn.Module],
+    state: dict,
+    options: dict,
+    keep_last: int,
+) -> Path | None:
+    """Write checkpoint ``step`` atomically (all processes must call this); prune to ``keep_last``.
+
+    ``models`` are unwrapped modules; ``state`` holds state dicts (optimizers, schedulers)
+    and plain values. Returns the checkpoint folder on the main process.
+    """
+    final = checkpoint_dir(run_dir, step)
+    temporary = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(rng_state(), temporary / f"rng_rank{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for name, model in models.items():
+            if hasattr(model, "save_pretrained"):
+                model.save_pretrained(temporary / name)
+            else:
+                tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+                save_file(tensors, str(temporary / f"{name}.safetensors"))
+        (temporary / "options.json").write_text(json.dumps(options, indent=2))
+        if os.environ.get(KILL_DURING_SAVE) == str(step):
+            os.kill(os.getpid(), signal.SIGKILL)
+        torch.save({**state, "step": step}, temporary / STATE_FILE)
+        _fsync_tree(temporary)
+        if final.exists():  # a checkpoint of this step from an earlier run: replace it
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+        _fsync_dir(final.parent)
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final if accelerator.is_main_process else None
+
+
+def load_checkpoint(path: Path, models: dict[str, nn.Module]) -> dict:
+    """Load weights into ``models`` (unwrapped modules); returns the training state."""
+    path = Path(path)
+    for name, model in models.items():
+        folder_weights = path / name / "model.safetensors"
+        weights = folder_weights if folder_weights.is_file() else path / f"{name}.safetensors"
+        model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
+    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def restore_rng(path: Path, process_index: int) -> None:
+    """Set this process's generators to their state at the save of checkpoint ``path``."""
+    rng_file = Path(path) / f"rng_rank{process_index}.pt"
+    if not rng_file.is_file():
+        raise FileNotFoundError(
+            f"{rng_file} is missing: the checkpoint was written by fewer processes than resume it"
+        )
+    set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def find_autoencoder(path: Path) -> Path:
+    """The ``save_pretrained`` folder of an autoencoder: itself, a checkpoint's or a run's."""
+    path = Path(path)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return path
+    if (path / "autoencoder" / "config.json").is_file():
+        return path / "autoencoder"
+    latest = latest_checkpoint(path)
+    if latest is not None:
+        return latest / "autoencoder"
+    raise FileNotFoundError(
+        f"no stage-1 autoencoder under {path} (a run, checkpoint or model folder)"
+    )

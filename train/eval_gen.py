@@ -1,0 +1,154 @@
+"""Generation metrics of a folder of samples against a dataset (paper Tables 4-5).
+
+    python train/eval_gen.py --samples runs/diffusion/samples_dpm-solver++_20_seed0 --data embedded
+
+Computes FID and CLIP-FID (clean-fid), the Inception score, precision / recall (k = 3) and
+a grid of each sample's nearest training images by LPIPS; writes a JSON and a PNG. Every
+requested metric's pretrained weights are checked first: a missing file stops the run with
+its path, never a silent zero. ``--metrics`` selects a subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.losses import LPIPSLoss
+from train import gen_metrics
+from train.data import IMAGE_EXTENSIONS, build_dataset
+from train.evaluation import save_image_grid
+
+METRICS = ("fid", "clip-fid", "is", "precision-recall", "neighbours")
+
+
+def load_samples(folder: Path, limit: int) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) of a folder of generated images."""
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[
+        : limit or None
+    ]
+    if not paths:
+        raise FileNotFoundError(f"no images in {folder}")
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def load_references(data: str, split: str, size: int, limit: int) -> torch.Tensor:
+    dataset = build_dataset(data, split, size)
+    count = min(limit or len(dataset), len(dataset))
+    images = torch.stack([dataset[i] for i in range(count)])
+    return ((images + 1) * 127.5).round().clamp(0, 255).byte()
+
+
+def build_extractors(metrics: list[str], device) -> dict:
+    """Pretrained networks of the requested metrics; all missing weights reported at once."""
+    builders = {
+        "fid": gen_metrics.clean_fid_inception,
+        "clip-fid": gen_metrics.clean_fid_clip,
+        "is": gen_metrics.inception_logits,
+        "precision-recall": gen_metrics.vgg16_fc2,
+        "neighbours": lambda d: LPIPSLoss("alex", pretrained=True).to(d),
+    }
+    extractors, missing = {}, []
+    for name in metrics:
+        try:
+            extractors[name] = builders[name](device)
+        except (FileNotFoundError, ImportError) as error:
+            missing.append(f"{name}: {error}")
+    if missing:
+        raise SystemExit("cannot compute the requested metrics:\n  " + "\n  ".join(missing))
+    return extractors
+
+
+def compute(
+    metrics: list[str],
+    extractors: dict,
+    samples: torch.Tensor,
+    references: torch.Tensor,
+    grid_path: Path,
+    device,
+) -> dict:
+    results: dict = {"samples": len(samples), "references": len(references)}
+    if "fid" in metrics:
+        fid = extractors["fid"]
+        results["fid"] = gen_metrics.frechet_distance(
+            gen_metrics.extract(fid, samples), gen_metrics.extract(fid, references)
+        )
+    if "clip-fid" in metrics:
+        clip = extractors["clip-fid"]
+        results["clip_fid"] = gen_metrics.frechet_distance(
+            gen_metrics.extract(clip, samples), gen_metrics.extract(clip, references)
+        )
+    if "is" in metrics:
+        mean, std = gen_metrics.inception_score(gen_metrics.extract(extractors["is"], samples))
+        results["inception_score"] = {"mean": mean, "std": std}
+    if "precision-recall" in metrics:
+        vgg = extractors["precision-recall"]
+        precision, recall = gen_metrics.precision_recall(
+            gen_metrics.extract(vgg, references), gen_metrics.extract(vgg, samples), k=3
+        )
+        results.update({"precision": precision, "recall": recall})
+    if "neighbours" in metrics:
+        lpips = extractors["neighbours"]
+        to_signed = lambda x: x.float().to(device) / 127.5 - 1
+        shown = samples[:8]
+        size = shown.shape[-1]
+        refs = (
+            references
+            if references.shape[-1] == size
+            else torch.nn.functional.interpolate(
+                references.float(), size=(size, size), mode="bilinear", antialias=True
+            )
+            .round()
+            .clamp(0, 255)
+            .byte()
+        )
+        index = gen_metrics.nearest_neighbours(
+            to_signed(shown), to_signed(refs), lpips.per_image, k=4
+        )
+        rows = [torch.cat([to_signed(s)[None], to_signed(refs[i])]) for s, i in zip(shown, index)]
+        save_image_grid(torch.cat(rows), grid_path, columns=5)
+        results["neighbours_grid"] = str(grid_path)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=Path, required=True, help="folder of generated images")
+    parser.add_argument(
+        "--data", default="embedded", help="reference data: 'embedded', a folder or an LMDB"
+    )
+    parser.add_argument(
+        "--split", default="train", choices=("train", "val"), help="reference split"
+    )
+    parser.add_argument("--limit", type=int, default=0, help="images per set (0: all)")
+    parser.add_argument(
+        "--metrics", nargs="+", default=list(METRICS), choices=METRICS, help="metrics to compute"
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="metrics JSON (default: <samples>_metrics.json)"
+    )
+    args = parser.parse_args(argv)
+    extractors = build_extractors(args.metrics, args.device)  # before any slow work
+    samples = load_samples(args.samples, args.limit)
+    references = load_references(args.data, args.split, samples.shape[-1], args.limit)
+    out = args.out or args.samples.with_name(args.samples.name + "_metrics.json")
+    results = compute(
+        args.metrics, extractors, samples, references, out.with_suffix(".png"), args.device
+    )
+    results.update({"samples_folder": str(args.samples), "data": args.data, "split": args.split})
+    out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Training options: a frozen dataclass per stage, filled from defaults < a YAML/JSON file < flags.
+
+Each field carries its help text (``field(metadata={"help": ...})``); :func:`parse_options`
+turns the fields into command-line flags (``--max-steps``), so every flag documents itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+
+
+def option(default, help: str, choices: tuple | None = None):
+    """A dataclass field with help text (and optional choices) for the command line."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parser_type(annotation):
+    """The argparse ``type`` of a field annotation (str, int, float, bool, optional variants)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        inner = _parser_type(args[0])
+        return lambda text: None if text.lower() in ("none", "null", "") else inner(text)
+    if annotation is bool:
+        return _parse_bool
+    return annotation
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
+
+
+def load_config_file(path: Path) -> dict:
+    """Values from a ``.yaml``/``.yml`` or ``.json`` file (a flat mapping of field names)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    elif path.suffix == ".json":
+        values = json.loads(text)
+    else:
+        raise ValueError(f"config file must be .yaml, .yml or .json, got {path}")
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a mapping, got {type(values).__name__}")
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def parse_options(cls, description: str, argv: list[str] | None = None):
+    """Build ``cls`` from its defaults, an optional ``--config`` file and flags.
+
+    Returns ``(options, dry_run)``.
+    """
+    hints = typing.get_type_hints(cls)
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML or JSON file of options; flags given too override it",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the resolved options and exit"
+    )
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, f in fields.items():
+        parser.add_argument(
+            _flag(name),
+            dest=name,
+            type=_parser_type(hints[name]),
+            default=argparse.SUPPRESS,
+            choices=f.metadata.get("choices"),
+            help=f"{f.metadata.get('help', '')} (default: {f.default!r})",
+        )
+    args = vars(parser.parse_args(argv))
+    dry_run = args.pop("dry_run")
+    values = load_config_file(args.pop("config")) if args.get("config") else {}
+    args.pop("config", None)
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        parser.error(f"unknown option(s) in the config file: {', '.join(unknown)}")
+    values.update(args)
+    try:
+        return cls(**values), dry_run
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
+
+
+def to_dict(options) -> dict:
+    """JSON-serialisable dict of an options dataclass (paths as strings)."""
+    return {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(options).items()
+    }

@@ -1,0 +1,117 @@
+"""Generate images with a stage-2 diffusion model's EMA weights and the stage-1 decoder.
+
+    python train/sample.py --run runs/diffusion --n 64 --sampler dpm-solver++ --steps 20 --seed 0
+
+Writes ``--n`` PNGs (``000000.png`` ...) to ``--out`` and a grid of them beside the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from models import BRICSAutoencoder
+from models.samplers import SAMPLERS
+from models.schedules import get_schedule
+from models.unet import UNet
+from train.checkpoint import find_autoencoder, latest_checkpoint
+from train.diffusion import decode_samples
+from train.evaluation import save_image_grid
+from train.metrics import to_unit
+
+
+def find_diffusion_checkpoint(path: Path) -> Path:
+    if (path / "ema" / "config.json").is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(f"no diffusion checkpoint under {path}")
+    return latest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--run", type=Path, required=True, help="diffusion run or checkpoint folder"
+    )
+    parser.add_argument(
+        "--ae",
+        type=Path,
+        default=None,
+        help="stage-1 autoencoder (default: the one the diffusion model was trained on)",
+    )
+    parser.add_argument("--n", type=int, default=64, help="number of images")
+    parser.add_argument("--sampler", default="dpm-solver++", choices=SAMPLERS, help="sampler")
+    parser.add_argument(
+        "--steps", type=int, default=20, help="sampler steps (the authors: 20 DPM-Solver++)"
+    )
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the initial noise")
+    parser.add_argument("--batch-size", type=int, default=64, help="samples per batch")
+    parser.add_argument(
+        "--grid-backend",
+        default="auto",
+        choices=("auto", "triton", "torch"),
+        help="feature-grid backend of the decoder",
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: <run>/samples_<sampler>_<steps>_seed<seed>)",
+    )
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.steps < 1 or args.batch_size < 1:
+        parser.error(
+            "--n, --steps and --batch-size must be >= 1, "
+            f"got {args.n}, {args.steps}, {args.batch_size}"
+        )
+
+    ckpt = find_diffusion_checkpoint(args.run)
+    options = json.loads((ckpt / "options.json").read_text())
+    unet = UNet.from_pretrained(ckpt / "ema", device=args.device).eval()
+    ae_dir = find_autoencoder(args.ae or Path(options["autoencoder"]))
+    autoencoder = BRICSAutoencoder.from_pretrained(
+        ae_dir, grid_backend=args.grid_backend, device=args.device
+    ).eval()
+    if (autoencoder.config.code_channels, autoencoder.config.code_size) != (
+        unet.config.code_channels,
+        unet.config.code_size,
+    ):
+        parser.error(
+            f"the autoencoder's codes {autoencoder.config.code_channels}x"
+            f"{autoencoder.config.code_size}^2 do not match the UNet's"
+        )
+    images = decode_samples(
+        unet,
+        autoencoder,
+        get_schedule(options["schedule"]),
+        args.n,
+        args.sampler,
+        args.steps,
+        args.seed,
+        args.device,
+        args.eta,
+        args.batch_size,
+    )
+    out = args.out or ckpt.parent.parent / f"samples_{args.sampler}_{args.steps}_seed{args.seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(to_unit(images)):
+        array = (image * 255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(array).save(out / f"{i:06d}.png")
+    grid = out.with_suffix(".png")
+    save_image_grid(images[:64], grid, columns=8)
+    print(f"wrote {args.n} images to {out} and a grid to {grid}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
