@@ -74,3 +74,28 @@ def test_missing_weights_stop_with_their_paths(tmp_path, monkeypatch):
         "alexnet-owt-7be5be79.pth",
     ):
         assert str(tmp_path / "hub" / "checkpoints" / name) in message
+
+
+def test_eval_gen_computes_every_metric_with_random_weight_networks(tmp_path):
+    from models.losses import LPIPSLoss
+    from train.eval_gen import METRICS, compute
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten()
+    )
+    features = lambda x: net(x.float() / 255)
+    extractors = {
+        "fid": features,
+        "clip-fid": features,
+        "is": features,
+        "precision-recall": features,
+        "neighbours": LPIPSLoss("alex", pretrained=False),
+    }
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
+    results = compute(list(METRICS), extractors, images, images.clone(), tmp_path / "nn.png", "cpu")
+    assert results["fid"] == pytest.approx(0.0, abs=1e-4)
+    assert results["clip_fid"] == pytest.approx(0.0, abs=1e-4)
+    assert results["precision"] == results["recall"] == 1.0
+    assert results["inception_score"]["mean"] >= 1.0
+    assert (tmp_path / "nn.png").is_file()

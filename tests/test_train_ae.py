@@ -197,3 +197,28 @@ def test_two_processes_on_cpu(tmp_path):
     ckpt = latest_checkpoint(tmp_path)
     assert {p.name for p in ckpt.glob("rng_rank*.pt")} == {"rng_rank0.pt", "rng_rank1.pt"}
     assert load_checkpoint(ckpt, {})["step"] == 3
+
+
+def test_eval_entry_point_writes_metrics_and_a_grid(tmp_path):
+    run(tmp_path, "--max-steps", "2", "--eval-every", "100", "--save-every", "2")
+    out = tmp_path / "eval.json"
+    command = [
+        sys.executable,
+        str(ROOT / "train" / "eval_ae.py"),
+        "--checkpoint",
+        str(tmp_path),
+        "--limit",
+        "10",
+        "--batch-size",
+        "4",
+        "--grid-backend",
+        "torch",
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads(out.read_text())
+    assert metrics["images"] == 10 and set(metrics["psnr"]) == {"mean", "std"}
+    assert metrics["lpips_available"] in (True, False) and "PSNR" in result.stdout
+    assert out.with_suffix(".png").is_file()

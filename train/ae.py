@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models import (
@@ -36,9 +35,9 @@ from models import (
     get_preset,
 )
 from train import checkpoint
-from train.data import StepBatchSampler, build_dataset
+from train.data import build_dataset
 from train.evaluation import evaluate_autoencoder, save_reconstruction_grid
-from train.loop import StopFlag, make_accelerator, maybe_kill, resume_path
+from train.loop import make_accelerator, resume_path, run_steps, start_run
 from train.metrics import try_lpips
 from train.options import option, parse_options, to_dict
 
@@ -310,70 +309,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     t = build(options)
-    acc = t.accelerator
-    run_dir = options.output_dir.resolve()
-    if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "options.json").write_text(json.dumps(to_dict(options), indent=2))
-        print(f"run folder: {run_dir}", flush=True)
-    restored = restore(t)
-    acc.init_trackers("ae", config={k: str(v) for k, v in to_dict(options).items()})
-    if restored is None:
-        set_seed(options.seed + acc.process_index)  # per-process noise streams
-    else:  # replay exactly: this process's generators as they were at the save
-        checkpoint.restore_rng(restored, acc.process_index)
-    sampler = StepBatchSampler(
-        len(t.train_set),
-        options.batch_size,
-        options.seed,
-        t.step,
-        options.max_steps,
-        acc.process_index,
-        acc.num_processes,
-        options.grad_accum,
-        options.hflip,
-    )
-    loader = DataLoader(
-        t.train_set,
-        batch_sampler=sampler,
-        num_workers=options.num_workers,
-        generator=torch.Generator().manual_seed(options.seed),
-    )
-    stop = StopFlag()
-    progress = tqdm(
-        total=options.max_steps,
-        initial=t.step,
-        desc="ae",
-        disable=not acc.is_main_process,
-        mininterval=5.0,
-        file=sys.stdout,
-    )
-    micro = 0
-    for images in loader:
-        terms = train_step(t, images.to(acc.device, non_blocking=True))
-        micro += 1
-        if micro % options.grad_accum:
-            continue
-        t.step += 1
-        progress.update(1)
-        if t.step % options.log_every == 0 or t.step == options.max_steps:
-            logged = {k: acc.reduce(v, "mean").item() for k, v in terms.items()}
-            logged["lr"] = t.scheduler.get_last_lr()[0]
-            acc.log({f"train/{k}": v for k, v in logged.items()}, step=t.step)
-            progress.set_postfix(loss=f"{logged['loss']:.3f}", refresh=False)
+    start_run(t, "ae", restore)
+
+    def after_step() -> None:
         if t.step % options.eval_every == 0 or t.step == options.max_steps:
             report(t, evaluate(t))
-        stopping = stop.agreed(acc)
-        if t.step % options.save_every == 0 or t.step == options.max_steps or stopping:
-            save(t)
-        maybe_kill(t.step)
-        if stopping:
-            logger.info("stopped by signal at step %d; checkpoint saved", t.step)
-            break
-    progress.close()
-    acc.end_training()
-    if acc.is_main_process:
-        print(f"run folder: {run_dir}", flush=True)
+
+    run_steps(
+        t,
+        "ae",
+        t.train_set,
+        lambda images: train_step(t, images),
+        after_step,
+        lambda: save(t),
+        lambda: t.scheduler.get_last_lr()[0],
+        options.hflip,
+    )
     return 0
 
 

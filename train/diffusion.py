@@ -21,8 +21,6 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from models import BRICSAutoencoder
 from models.samplers import SAMPLERS, sample
@@ -30,9 +28,9 @@ from models.schedules import SCHEDULES, get_schedule, loss_weight
 from models.unet import UNET_PRESETS, UNet, get_unet_preset
 from train import checkpoint
 from train.codes import load_or_encode
-from train.data import FlippableDataset, StepBatchSampler
+from train.data import FlippableDataset
 from train.evaluation import save_image_grid
-from train.loop import StopFlag, make_accelerator, maybe_kill, resume_path
+from train.loop import make_accelerator, resume_path, run_steps, start_run
 from train.options import option, parse_options, to_dict
 
 logger = logging.getLogger("train.diffusion")
@@ -343,70 +341,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     t = build(options)
-    acc = t.accelerator
-    run_dir = options.output_dir.resolve()
-    if acc.is_main_process:
-        (run_dir / "options.json").write_text(json.dumps(to_dict(options), indent=2))
-        print(f"run folder: {run_dir}", flush=True)
-    restored = restore(t)
-    acc.init_trackers("diffusion", config={k: str(v) for k, v in to_dict(options).items()})
-    if restored is None:
-        set_seed(options.seed + acc.process_index)
-    else:
-        checkpoint.restore_rng(restored, acc.process_index)
-    sampler = StepBatchSampler(
-        len(t.dataset),
-        options.batch_size,
-        options.seed,
-        t.step,
-        options.max_steps,
-        acc.process_index,
-        acc.num_processes,
-        options.grad_accum,
-    )
-    loader = DataLoader(
-        t.dataset,
-        batch_sampler=sampler,
-        num_workers=options.num_workers,
-        generator=torch.Generator().manual_seed(options.seed),
-    )
-    stop = StopFlag()
-    progress = tqdm(
-        total=options.max_steps,
-        initial=t.step,
-        desc="diffusion",
-        mininterval=5.0,
-        disable=not acc.is_main_process,
-        file=sys.stdout,
-    )
-    micro = 0
-    for x0 in loader:
-        loss = train_step(t, x0.to(acc.device, non_blocking=True))
-        micro += 1
-        if micro % options.grad_accum:
-            continue
-        t.step += 1
-        progress.update(1)
-        if t.step % options.log_every == 0 or t.step == options.max_steps:
-            logged = {
-                "train/loss": acc.reduce(loss, "mean").item(),
-                "train/lr": t.scheduler.get_last_lr()[0],
-            }
-            acc.log(logged, step=t.step)
-            progress.set_postfix(loss=f"{logged['train/loss']:.4f}", refresh=False)
+    start_run(t, "diffusion", restore)
+
+    def after_step() -> None:
         if t.step % options.sample_every == 0 or t.step == options.max_steps:
             write_samples(t)
-        stopping = stop.agreed(acc)
-        if t.step % options.save_every == 0 or t.step == options.max_steps or stopping:
-            save(t)
-        maybe_kill(t.step)
-        if stopping:
-            logger.info("stopped by signal at step %d; checkpoint saved", t.step)
-            break
-    progress.close()
-    acc.end_training()
-    if acc.is_main_process:
-        print(f"run folder: {run_dir}", flush=True)
+
+    run_steps(
+        t,
+        "diffusion",
+        t.dataset,
+        lambda x0: {"loss": train_step(t, x0)},
+        after_step,
+        lambda: save(t),
+        lambda: t.scheduler.get_last_lr()[0],
+    )
     return 0
 
 
