@@ -222,3 +222,9 @@ def test_eval_entry_point_writes_metrics_and_a_grid(tmp_path):
     assert metrics["images"] == 10 and set(metrics["psnr"]) == {"mean", "std"}
     assert metrics["lpips_available"] in (True, False) and "PSNR" in result.stdout
     assert out.with_suffix(".png").is_file()
+
+
+def test_resuming_with_another_model_names_the_field(tmp_path):
+    run(tmp_path, "--max-steps", "1", "--eval-every", "100", "--save-every", "1")
+    result = run(tmp_path, "--max-steps", "2", "--log2-table-size", "10", check=False)
+    assert result.returncode != 0 and "log2_table_size: 10 != 12" in result.stderr

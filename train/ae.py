@@ -2,7 +2,7 @@
 
     accelerate launch train/ae.py                                  # small preset, built-in photos
     accelerate launch train/ae.py --preset church-64x64x4 --data /data/church_outdoor_train_lmdb
-    accelerate launch --num_processes 8 train/ae.py --config my_run.yaml
+    accelerate launch --multi_gpu --num_processes 8 train/ae.py --config my_run.yaml
 
 Alternates autoencoder and discriminator updates (the GAN term starts after
 ``--gan-start`` steps), evaluates on the held-out split, writes image grids, TensorBoard
@@ -26,6 +26,7 @@ from tqdm import tqdm
 from models import (
     PRESETS,
     BRICSAutoencoder,
+    BRICSConfig,
     Discriminator,
     LossConfig,
     build_optimizers,
@@ -284,10 +285,13 @@ def restore(t: Trainer) -> Path | None:
         "autoencoder": acc.unwrap_model(t.autoencoder),
         "discriminator": acc.unwrap_model(t.discriminator),
     }
+    saved = BRICSConfig.from_dict(json.loads((path / "autoencoder" / "config.json").read_text()))
+    differences = t.options.model_config().differences(saved)
+    if differences:
+        raise ValueError(
+            f"checkpoint {path} has another model configuration: {'; '.join(differences)}"
+        )
     state = checkpoint.load_checkpoint(path, models)
-    saved = json.loads((path / "autoencoder" / "config.json").read_text())
-    if saved != t.options.model_config().to_dict():
-        raise ValueError(f"checkpoint {path} was trained with a different model configuration")
     t.ae_optimizer.load_state_dict(state["ae_optimizer"])
     t.disc_optimizer.load_state_dict(state["disc_optimizer"])
     t.scheduler.load_state_dict(state["scheduler"])
