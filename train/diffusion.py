@@ -193,18 +193,7 @@ def build(options: DiffusionOptions) -> Trainer:
     )
     autoencoder_dir = checkpoint.find_autoencoder(options.ae)
     cache = options.output_dir / f"codes_{options.split}.safetensors"
-    if acc.is_main_process:
-        load_or_encode(
-            autoencoder_dir,
-            options.data,
-            options.split,
-            cache,
-            options.encode_batch,
-            acc.device,
-            options.grid_backend,
-        )
-    acc.wait_for_everyone()
-    codes = load_or_encode(
+    codes = lambda: load_or_encode(
         autoencoder_dir,
         options.data,
         options.split,
@@ -213,6 +202,10 @@ def build(options: DiffusionOptions) -> Trainer:
         acc.device,
         options.grid_backend,
     )
+    if acc.is_main_process:  # encode once; the other processes then read the cache
+        codes()
+    acc.wait_for_everyone()
+    dataset = CodeDataset(codes())
     ae_config = BRICSAutoencoder.config_class.from_dict(
         json.loads((autoencoder_dir / "config.json").read_text())
     )
@@ -233,7 +226,7 @@ def build(options: DiffusionOptions) -> Trainer:
         optimizer,
         scheduler,
         get_schedule(options.schedule),
-        CodeDataset(codes),
+        dataset,
         autoencoder_dir,
     )
 

@@ -15,12 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 from models import BRICSAutoencoder
 from train.checkpoint import find_autoencoder
 from train.data import build_dataset
 from train.evaluation import evaluate_autoencoder, save_reconstruction_grid
+from train.options import add_device_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,20 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="images to evaluate (0: all)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch")
     parser.add_argument(
-        "--grid-backend",
-        default="auto",
-        choices=("auto", "triton", "torch"),
-        help="feature-grid backend",
-    )
-    parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
-    )
-    parser.add_argument(
         "--out",
         type=Path,
         default=None,
         help="metrics JSON (default: eval_<split>.json beside the model)",
     )
+    add_device_arguments(parser, grid_backend=True)
     args = parser.parse_args(argv)
     if args.limit < 0 or args.batch_size < 1:
         parser.error(

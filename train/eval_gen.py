@@ -23,6 +23,7 @@ from models.losses import LPIPSLoss
 from train import gen_metrics
 from train.data import IMAGE_EXTENSIONS, build_dataset
 from train.evaluation import save_image_grid
+from train.options import add_device_arguments
 
 METRICS = ("fid", "clip-fid", "is", "precision-recall", "neighbours")
 
@@ -131,11 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         "--metrics", nargs="+", default=list(METRICS), choices=METRICS, help="metrics to compute"
     )
     parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
-    )
-    parser.add_argument(
         "--out", type=Path, default=None, help="metrics JSON (default: <samples>_metrics.json)"
     )
+    add_device_arguments(parser, grid_backend=False)
     args = parser.parse_args(argv)
     extractors = build_extractors(args.metrics, args.device)  # before any slow work
     samples = load_samples(args.samples, args.limit)

@@ -107,3 +107,18 @@ def to_dict(options) -> dict:
     return {
         k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(options).items()
     }
+
+
+def add_device_arguments(parser: argparse.ArgumentParser, grid_backend: bool = True) -> None:
+    """``--device`` (default CUDA when available) and, for models with grids, ``--grid-backend``."""
+    import torch
+
+    default = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--device", default=default, help="torch device")
+    if grid_backend:
+        parser.add_argument(
+            "--grid-backend",
+            default="auto",
+            choices=("auto", "triton", "torch"),
+            help="feature-grid backend",
+        )

@@ -12,7 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from models import BRICSAutoencoder
@@ -23,6 +22,7 @@ from train.checkpoint import find_autoencoder, latest_checkpoint
 from train.diffusion import decode_samples
 from train.evaluation import save_image_grid
 from train.metrics import to_unit
+from train.options import add_device_arguments
 
 
 def find_diffusion_checkpoint(path: Path) -> Path:
@@ -54,20 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed of the initial noise")
     parser.add_argument("--batch-size", type=int, default=64, help="samples per batch")
     parser.add_argument(
-        "--grid-backend",
-        default="auto",
-        choices=("auto", "triton", "torch"),
-        help="feature-grid backend of the decoder",
-    )
-    parser.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
-    )
-    parser.add_argument(
         "--out",
         type=Path,
         default=None,
         help="output folder (default: <run>/samples_<sampler>_<steps>_seed<seed>)",
     )
+    add_device_arguments(parser, grid_backend=True)
     args = parser.parse_args(argv)
     if args.n < 1 or args.steps < 1 or args.batch_size < 1:
         parser.error(
