@@ -100,7 +100,9 @@ def grid_encode_backward(
     n_rows, n_features = params.shape[1:]
     x, dy = x.contiguous(), dy.contiguous()
     dx = torch.empty_like(x) if need_dx else x.new_empty(0)
-    acc = torch.zeros(params.shape, dtype=_accumulator_dtype(params), device=params.device)
+    # The table-sized accumulator exists only when the table needs a gradient.
+    acc_shape = params.shape if need_dparams else (0,)
+    acc = torch.zeros(acc_shape, dtype=_accumulator_dtype(params), device=params.device)
     atomic = need_dparams and not deterministic
     constants = _constants(x, params)
     if n_points > 0 and (need_dx or atomic):

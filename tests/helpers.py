@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -46,3 +47,22 @@ def assert_close_verbose(actual: torch.Tensor, expected: torch.Tensor, atol, nam
             f"  at {where(flat)}: actual={a.flatten()[flat]:.9g} expected={e.flatten()[flat]:.9g}"
         )
     raise AssertionError("\n".join(lines))
+
+
+ROOT = Path(__file__).parents[1]
+
+
+def run_script(script: str, *args, env: dict | None = None, check: bool = True, launcher=None):
+    """Run ``train/<script>`` in a subprocess (one torch thread unless ``env`` says otherwise);
+    with ``check``, a non-zero exit fails the test showing the end of its output."""
+    import subprocess
+    import sys
+
+    command = [*(launcher or [sys.executable]), str(ROOT / "train" / script), *args]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=ROOT)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result

@@ -216,3 +216,21 @@ def test_full_usage_of_a_coarse_level():
     rates = grid.usage_rate(counts)
     assert rates.shape == (2, 4)
     assert (rates[:, 0] == 1).all()  # 2**3 vertices of the coarsest level are all hit
+
+
+def test_frozen_table_gives_coordinate_gradients_only():
+    grid = small_grid(backend="triton").requires_grad_(False)
+    reference = small_grid(backend="torch").requires_grad_(False)
+    with torch.no_grad():
+        grid.params.normal_()
+        reference.params.copy_(grid.params)
+    x = torch.rand(33, 2, 3, device=DEVICE)
+    grads = []
+    for g in (grid, reference):
+        xi = x.clone().requires_grad_(True)
+        g(xi).square().sum().backward()
+        grads.append(xi.grad)
+    assert grid.params.grad is None
+    # float32 sums of 8 corners x 4 levels with |dx| up to ~1e2: 1e-4 relative is ~10^3 ulps
+    # of headroom, while a wrong cell or missing level is off by O(1).
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)

@@ -1,7 +1,6 @@
 """Stage-1 training script end to end on the CPU: outputs, exact resume, crash safety, DDP."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from tests.helpers import run_script
 from train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
 ROOT = Path(__file__).parents[1]
@@ -37,21 +37,9 @@ FAST = [
 
 
 def run(output, *args, env=None, check=True, launcher=None):
-    command = [
-        *(launcher or [sys.executable]),
-        str(SCRIPT),
-        "--output-dir",
-        str(output),
-        *FAST,
-        *args,
-    ]
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    result = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=ROOT)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        )
-    return result
+    return run_script(
+        "ae.py", "--output-dir", str(output), *FAST, *args, env=env, check=check, launcher=launcher
+    )
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:

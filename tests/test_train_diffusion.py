@@ -1,10 +1,7 @@
 """Stage 2 end to end on the CPU: codes cache, training, exact resume, sampling to images."""
 
 import logging
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from models import BRICSAutoencoder, get_preset
+from tests.helpers import run_script
 from train.checkpoint import latest_checkpoint, load_checkpoint
 from train.codes import load_or_encode
 
@@ -56,27 +54,17 @@ DIFFUSION_FAST = [
 ]
 
 
-def run(script: str, *args, env=None, check=True):
-    command = [sys.executable, str(ROOT / "train" / script), *args]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        )
-    return result
-
-
 @pytest.fixture(scope="module")
 def autoencoder_run(tmp_path_factory):
     """A stage-1 run of the tiny preset (two steps are enough for the pipeline)."""
     folder = tmp_path_factory.mktemp("ae")
-    run("ae.py", "--output-dir", str(folder), *AE_FAST)
+    run_script("ae.py", "--output-dir", str(folder), *AE_FAST)
     return folder
 
 
 def test_pipeline_autoencoder_codes_diffusion_samples_images(autoencoder_run, tmp_path):
     out = tmp_path / "diffusion"
-    run(
+    run_script(
         "diffusion.py",
         "--ae",
         str(autoencoder_run),
@@ -96,7 +84,7 @@ def test_pipeline_autoencoder_codes_diffusion_samples_images(autoencoder_run, tm
     ckpt = latest_checkpoint(out)
     assert ckpt.name == "step_00000004" and (ckpt / "ema" / "config.json").is_file()
     assert load_checkpoint(ckpt, {})["ema_updates"] == 4
-    result = run(
+    result = run_script(
         "sample.py",
         "--run",
         str(out),
@@ -131,11 +119,13 @@ def test_diffusion_resume_after_sigkill_equals_an_uninterrupted_run(autoencoder_
         "--sample-every",
         "100",
     ]
-    run("diffusion.py", "--output-dir", str(tmp_path / "a"), *args)
-    env = {**os.environ, "BRICS_FAULT_KILL_AT_STEP": "3"}
-    killed = run("diffusion.py", "--output-dir", str(tmp_path / "b"), *args, env=env, check=False)
+    run_script("diffusion.py", "--output-dir", str(tmp_path / "a"), *args)
+    env = {"BRICS_FAULT_KILL_AT_STEP": "3"}
+    killed = run_script(
+        "diffusion.py", "--output-dir", str(tmp_path / "b"), *args, env=env, check=False
+    )
     assert killed.returncode == -signal.SIGKILL
-    run("diffusion.py", "--output-dir", str(tmp_path / "b"), *args)
+    run_script("diffusion.py", "--output-dir", str(tmp_path / "b"), *args)
     for name in ("unet", "ema"):
         a = load_file(str(latest_checkpoint(tmp_path / "a") / name / "model.safetensors"))
         b = load_file(str(latest_checkpoint(tmp_path / "b") / name / "model.safetensors"))
@@ -164,11 +154,11 @@ def test_stale_code_cache_is_detected_and_reencoded(tmp_path, caplog):
 
 
 def test_diffusion_dry_run_and_bad_flags(tmp_path):
-    result = run("diffusion.py", "--dry-run", "--max-steps", "200")
+    result = run_script("diffusion.py", "--dry-run", "--max-steps", "200")
     assert '"warmup_steps": 20' in result.stdout  # min(10000, max_steps // 10)
-    bad = run("diffusion.py", "--ema-decay", "1.5", check=False)
+    bad = run_script("diffusion.py", "--ema-decay", "1.5", check=False)
     assert bad.returncode == 2 and "--ema-decay" in bad.stderr
-    missing = run(
+    missing = run_script(
         "diffusion.py",
         "--ae",
         str(tmp_path / "nothing"),

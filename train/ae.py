@@ -26,7 +26,6 @@ from tqdm import tqdm
 from models import (
     PRESETS,
     BRICSAutoencoder,
-    BRICSConfig,
     Discriminator,
     LossConfig,
     build_optimizers,
@@ -285,12 +284,7 @@ def restore(t: Trainer) -> Path | None:
         "autoencoder": acc.unwrap_model(t.autoencoder),
         "discriminator": acc.unwrap_model(t.discriminator),
     }
-    saved = BRICSConfig.from_dict(json.loads((path / "autoencoder" / "config.json").read_text()))
-    differences = t.options.model_config().differences(saved)
-    if differences:
-        raise ValueError(
-            f"checkpoint {path} has another model configuration: {'; '.join(differences)}"
-        )
+    checkpoint.check_saved_config(path, "autoencoder", t.options.model_config())
     state = checkpoint.load_checkpoint(path, models)
     t.ae_optimizer.load_state_dict(state["ae_optimizer"])
     t.disc_optimizer.load_state_dict(state["disc_optimizer"])

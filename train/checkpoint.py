@@ -168,3 +168,13 @@ def find_autoencoder(path: Path) -> Path:
     raise FileNotFoundError(
         f"no stage-1 autoencoder under {path} (a run, checkpoint or model folder)"
     )
+
+
+def check_saved_config(path: Path, name: str, expected) -> None:
+    """Raise naming every field where ``<path>/<name>/config.json`` differs from ``expected``."""
+    saved = type(expected).from_dict(json.loads((Path(path) / name / "config.json").read_text()))
+    differences = expected.differences(saved)
+    if differences:
+        raise ValueError(
+            f"checkpoint {path} has another {name} configuration: {'; '.join(differences)}"
+        )

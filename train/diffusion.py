@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from models import BRICSAutoencoder
 from models.samplers import SAMPLERS, sample
 from models.schedules import SCHEDULES, get_schedule, loss_weight
-from models.unet import UNET_PRESETS, UNet, UNetConfig, get_unet_preset
+from models.unet import UNET_PRESETS, UNet, get_unet_preset
 from train import checkpoint
 from train.codes import load_or_encode
 from train.data import FlippableDataset
@@ -317,12 +317,7 @@ def restore(t: Trainer) -> Path | None:
     if path is None:
         return None
     acc = t.accelerator
-    saved = UNetConfig.from_dict(json.loads((path / "unet" / "config.json").read_text()))
-    differences = t.ema.model.config.differences(saved)
-    if differences:
-        raise ValueError(
-            f"checkpoint {path} has another UNet configuration: {'; '.join(differences)}"
-        )
+    checkpoint.check_saved_config(path, "unet", t.ema.model.config)
     state = checkpoint.load_checkpoint(path, {"unet": acc.unwrap_model(t.unet), "ema": t.ema.model})
     t.optimizer.load_state_dict(state["optimizer"])
     t.scheduler.load_state_dict(state["scheduler"])

@@ -113,7 +113,8 @@ def run_steps(t, name: str, dataset, micro_step, after_step, save, lr, hflip: bo
     ``micro_step(batch) -> {name: tensor}`` trains on one micro-batch; every ``log_every``
     steps the values, averaged over processes, go to TensorBoard with ``lr()``;
     ``after_step()`` runs after every step (evaluation, samples); ``save()`` every
-    ``save_every`` steps, at the end, and on SIGTERM / SIGINT, after which the loop stops.
+    ``save_every`` steps, at the end, and on SIGTERM / SIGINT (noticed on the next logging
+    step), after which the loop stops.
     """
     acc, options = t.accelerator, t.options
     sampler = StepBatchSampler(
@@ -156,7 +157,8 @@ def run_steps(t, name: str, dataset, micro_step, after_step, save, lr, hflip: bo
             acc.log({**{f"train/{k}": v for k, v in logged.items()}, "train/lr": lr()}, step=t.step)
             progress.set_postfix(loss=f"{logged['loss']:.4f}", refresh=False)
         after_step()
-        stopping = stop.agreed(acc)
+        # The all-reduce of the stop flag syncs with the device: only on logging steps.
+        stopping = (t.step % options.log_every == 0 or last) and stop.agreed(acc)
         if t.step % options.save_every == 0 or last or stopping:
             save()
         maybe_kill(t.step)
