@@ -1,21 +1,20 @@
 """Benchmark of MultiResGrid: Triton kernels vs the eager reference vs torch.compile(reference).
 
-    python bench/bench_grid.py                      # all shapes, modes, providers; CUDA
+    python bench/bench_grid.py --all                # everything below, in one GPU command
     python bench/bench_grid.py --shapes brics --providers triton torch
+    python bench/bench_grid.py --sweep              # tuning: block, warps, levels per program
     python bench/bench_grid.py --device cpu --providers torch compile   # no GPU
 
 Times forward, backward and forward+backward with ``triton.testing.do_bench`` (median
 and 20/80 % quantiles), rotating over several input sets so repeated runs do not just
-measure the cache, and reports ms, points/s and effective GB/s. Also measures the
-extra device memory of one forward+backward of the BRICS shape at batch 1 (one image).
-Writes a JSON of every row (with GPU, versions, date and exact shapes) and a Markdown
-table under ``bench/results/``.
-
-Effective bytes (the fewest bytes each pass must move, every table read counted as a
-separate access, i.e. no cache reuse; T_b = bytes of a table element):
-    forward  = N G (4 d + L 2**d F T_b + L F T_b)                  x, gathers, y
-    backward = N G (4 d + L F T_b + L 2**d F T_b + 2 L 2**d F 4 + 4 d)
-                                          x, dy, gathers for dx, atomic read+write, dx
+measure the cache, and reports ms, points/s and the fraction of the roofline bound that
+applies (``bench/roofline.py``: HBM and L2 bytes per pass over ceilings measured in the
+same run). Providers: ``triton`` (atomic table gradient), ``triton-det`` (deterministic),
+``torch`` (eager reference), ``compile`` (``torch.compile`` of the reference). Also
+measures the extra device memory of one forward+backward of the BRICS shape at batch 1
+(one image). ``--all`` first runs the kernel-equivalence tests compiled on the GPU (more
+drawn examples than CI). Writes a JSON of every row (with GPU, versions, date and exact
+shapes) and a Markdown table under ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import roofline
 import torch
 
 from gridcodes import MultiResGrid
@@ -92,35 +92,24 @@ SHAPES = {
     ),
 }
 MODES = ("forward", "backward", "full")
-PROVIDERS = ("triton", "torch", "compile")
+PROVIDERS = ("triton", "triton-det", "torch", "compile")
 N_INPUT_SETS = 4
-
-
-def effective_bytes(shape: Shape, mode: str, table_bytes: int) -> int:
-    g = shape.grid
-    d, levels, features = g["in_dim"], g["n_levels"], g["n_features"]
-    per_point = {
-        "forward": 4 * d + levels * 2**d * features * table_bytes + levels * features * table_bytes,
-        "backward": 4 * d
-        + levels * features * table_bytes
-        + levels * 2**d * features * table_bytes
-        + 2 * levels * 2**d * features * 4
-        + 4 * d,
-    }
-    per_point["full"] = per_point["forward"] + per_point["backward"]
-    return shape.n_points * g["n_groups"] * per_point[mode]
 
 
 def build(shape: Shape, provider: str, device: str, n_points: int | None = None):
     """Grid, lookup function and N_INPUT_SETS input sets for one provider."""
-    backend = "triton" if provider == "triton" else "torch"
-    grid = MultiResGrid(**shape.grid, backend=backend).to(device)
+    backend = "triton" if provider.startswith("triton") else "torch"
+    deterministic = provider == "triton-det"
+    grid = MultiResGrid(**shape.grid, backend=backend, deterministic=deterministic).to(device)
     with torch.no_grad():
         grid.params.normal_()
     n = shape.n_points if n_points is None else n_points
     g, d = shape.grid["n_groups"], shape.grid["in_dim"]
     inputs = [torch.rand(n, g, d, device=device, requires_grad=True) for _ in range(N_INPUT_SETS)]
     if provider == "compile":
+        # The backward mode re-runs one graph's backward (retain_graph), which donated
+        # buffers forbid.
+        torch._functorch.config.donated_buffer = False
         config = grid.config
         lookup = torch.compile(lambda x: grid_encode_reference(x, grid.params, config))
     else:
@@ -232,33 +221,144 @@ def _ratio(other: dict | None, row: dict) -> str:
     return f"{other['ms'] / row['ms']:.1f}x" if other else "—"
 
 
-def markdown(env: dict, rows: list[dict], memory: list[dict]) -> str:
+def markdown(env: dict, rows: list[dict], memory: list[dict], extra: dict) -> str:
     lines = [
         f"# MultiResGrid benchmark — {env['device']}",
         "",
         f"{env['date']}; torch {env['torch']}, triton {env['triton']}"
         + (f", CUDA {env['cuda']}" if "cuda" in env else ""),
+    ]
+    if ceilings := extra.get("ceilings"):
+        lines += [
+            "",
+            f"Measured ceilings: HBM {ceilings['hbm']:.0f} GB/s (1 GiB copy), "
+            f"L2 {ceilings['l2']:.0f} GB/s of 32-byte sectors (random 16-byte reads). "
+            "`bound` is the resource whose bytes take longest at its ceiling "
+            "(`bench/roofline.py`); `of bound` = bound time / measured time.",
+        ]
+    if tests := extra.get("equivalence"):
+        lines += ["", f"Kernel-equivalence tests compiled on this GPU: {tests['summary']}"]
+    lines += [
         "",
-        "| shape | mode | provider | ms (median) | ms p20–p80 | Mpoints/s | eff. GB/s "
+        "| shape | mode | provider | ms (median) | ms p20–p80 | Mpoints/s | bound | of bound "
         "| vs eager | vs compile |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     index = {(r["shape"], r["mode"], r["provider"]): r for r in rows}
     for r in rows:
         eager = index.get((r["shape"], r["mode"], "torch"))
         comp = index.get((r["shape"], r["mode"], "compile"))
+        bound = f"{r['bound']} {r['bound_ms'] * 1e3:.0f} µs" if "bound" in r else "—"
+        fraction = f"{r['fraction']:.0%}" if "fraction" in r else "—"
         lines.append(
             f"| {r['shape']} | {r['mode']} | {r['provider']} | {r['ms']:.3f} | "
-            f"{r['ms_p20']:.3f}–{r['ms_p80']:.3f} | {r['points_per_s'] / 1e6:.1f} | "
-            f"{r['gb_per_s']:.0f} | {_ratio(eager, r)} | {_ratio(comp, r)} |"
+            f"{r['ms_p20']:.3f}–{r['ms_p80']:.3f} | {r['points_per_s'] / 1e6:.1f} | {bound} | "
+            f"{fraction} | {_ratio(eager, r)} | {_ratio(comp, r)} |"
         )
     if memory:
         lines += ["", "Extra memory of one forward+backward, BRICS shape at batch 1:", ""]
         lines += [
             f"- {m['provider']}: {m['extra_peak_mb']:.2f} MB ({m['points']} points)" for m in memory
         ]
+    if sweep := extra.get("sweep"):
+        lines += ["", "Tuning sweep (Triton, median ms; `*` = fastest):", ""]
+        lines += [
+            "| shape | kernel | block | warps | levels | ms |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        best = {}
+        for t in sweep:
+            key = (t["shape"], t["kernel"])
+            if key not in best or t["ms"] < best[key]["ms"]:
+                best[key] = t
+        for t in sweep:
+            star = " *" if best[(t["shape"], t["kernel"])] is t else ""
+            lines.append(
+                f"| {t['shape']} | {t['kernel']} | {t['block']} | {t['num_warps']} | "
+                f"{t['levels']} | {t['ms']:.4f}{star} |"
+            )
     lines += ["", "Shapes:", ""] + [f"- `{s.name}`: {s.description}" for s in SHAPES.values()]
     return "\n".join(lines) + "\n"
+
+
+def write(out: Path | None, env: dict, rows: list, memory: list, extra: dict) -> None:
+    stem = out or RESULTS / f"grid_{env['device'].replace(' ', '_')}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    shapes = {name: asdict(s) for name, s in SHAPES.items()}
+    payload = {"environment": env, "shapes": shapes, "rows": rows, "memory": memory, **extra}
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+    stem.with_suffix(".md").write_text(markdown(env, rows, memory, extra))
+
+
+def equivalence_suite(scale: int, timeout: int = 300) -> dict:
+    """The kernel-equivalence tests, compiled on this GPU, with ``scale`` times CI's examples."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "GRIDCODES_EXAMPLES_SCALE": str(scale)}
+    env.pop("TRITON_INTERPRET", None)
+    tests = ["tests/test_kernels.py", "tests/test_multires_grid.py"]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
+    try:
+        import xdist  # noqa: F401  (parallel compilation of the drawn variants)
+
+        command += ["-n", "4"]
+    except ImportError:
+        pass
+    try:
+        result = subprocess.run(
+            command, cwd=root, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else ""
+        print(out[-6000:])
+        return {"returncode": -1, "summary": f"timed out after {timeout} s", "failed": []}
+    lines = result.stdout.strip().splitlines()
+    summary = lines[-1] if lines else result.stderr[-500:]
+    print(result.stdout[-6000:], result.stderr[-2000:])
+    # Only the outcome lines are kept in the results (the full log has local paths).
+    failed = [line for line in lines if line.startswith("FAILED")]
+    return {"returncode": result.returncode, "summary": summary, "failed": failed}
+
+
+SWEEP = {
+    "forward": [
+        (b, w, lv) for b, w in ((64, 2), (128, 4), (256, 4), (256, 8)) for lv in (1, 4, 16)
+    ],
+    "backward": [(b, w, 1) for b, w in ((64, 2), (64, 4), (128, 4), (128, 8), (256, 8))],
+}
+
+
+def sweep(shape: Shape) -> list[dict]:
+    """Median ms of the Triton forward / backward per launch configuration."""
+    from gridcodes import ops
+
+    saved = dict(ops.TUNING)
+    out = []
+    try:
+        grid, lookup, inputs = build(shape, "triton", "cuda")
+        for kernel, configs in SWEEP.items():
+            for block, warps, levels in configs:
+                ops.TUNING[kernel] = ops.LaunchConfig(block, warps, levels)
+                mode = "forward" if kernel == "forward" else "backward"
+                ms = time_mode(grid, lookup, inputs, mode, "cuda")[0]
+                out.append(
+                    {
+                        "shape": shape.name,
+                        "kernel": kernel,
+                        "block": block,
+                        "num_warps": warps,
+                        "levels": levels,
+                        "ms": ms,
+                    }
+                )
+                print(f"sweep {shape.name:8s} {kernel:8s} {block:4d} {warps} {levels:2d} {ms:.4f}")
+            ops.TUNING.update(saved)
+    finally:
+        ops.TUNING.update(saved)
+    return out
 
 
 def main() -> None:
@@ -278,13 +378,27 @@ def main() -> None:
         nargs="+",
         choices=PROVIDERS,
         default=list(PROVIDERS),
-        help="triton kernels, eager reference (torch), torch.compile(reference)",
+        help="triton kernels (atomic / deterministic table gradient), eager reference (torch), "
+        "torch.compile(reference)",
     )
     parser.add_argument(
         "--device",
         choices=("cuda", "cpu"),
         default="cuda",
         help="cpu runs only the reference providers",
+    )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="GPU: equivalence tests compiled on the GPU, then every shape, mode and provider, "
+        "memory and roofline",
+    )
+    parser.add_argument("--sweep", action="store_true", help="also sweep the Triton launch configs")
+    parser.add_argument(
+        "--examples-scale",
+        type=int,
+        default=4,
+        help="with --all: drawn examples per property test, as a multiple of CI's",
     )
     parser.add_argument(
         "--out",
@@ -295,43 +409,63 @@ def main() -> None:
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device; use --device cpu --providers torch compile")
-    if args.device == "cpu" and "triton" in args.providers:
-        parser.error("the triton provider needs --device cuda")
+    if args.device == "cpu" and any(p.startswith("triton") for p in args.providers):
+        parser.error("the triton providers need --device cuda")
+    if args.device == "cpu" and (args.all or args.sweep):
+        parser.error("--all and --sweep need --device cuda")
 
     env = environment(args.device)
+    extra = {}
+    if args.all:
+        extra["equivalence"] = equivalence_suite(args.examples_scale)
+    if args.device == "cuda":
+        extra["ceilings"] = roofline.measure_ceilings()
+        print("ceilings GB/s:", extra["ceilings"])
     rows, memory = [], []
     for shape in (SHAPES[s] for s in args.shapes):
         for provider in args.providers:
             grid, lookup, inputs = build(shape, provider, args.device)
             for mode in args.modes:
                 ms, p20, p80 = time_mode(grid, lookup, inputs, mode, args.device)
-                table_bytes = grid.params.element_size()
-                rows.append(
-                    {
-                        **env,
-                        "shape": shape.name,
-                        "grid": shape.grid,
-                        "n_points": shape.n_points,
-                        "mode": mode,
-                        "provider": provider,
-                        "ms": ms,
-                        "ms_p20": p20,
-                        "ms_p80": p80,
-                        "points_per_s": shape.n_points / (ms * 1e-3),
-                        "gb_per_s": effective_bytes(shape, mode, table_bytes) / (ms * 1e-3) / 1e9,
-                    }
-                )
-                print(f"{shape.name:8s} {mode:8s} {provider:8s} {ms:9.3f} ms")
+                row = {
+                    **env,
+                    "shape": shape.name,
+                    "grid": shape.grid,
+                    "n_points": shape.n_points,
+                    "mode": mode,
+                    "provider": provider,
+                    "ms": ms,
+                    "ms_p20": p20,
+                    "ms_p80": p80,
+                    "points_per_s": shape.n_points / (ms * 1e-3),
+                }
+                if "ceilings" in extra:
+                    moved = roofline.traffic(
+                        shape.grid,
+                        shape.n_points,
+                        grid.params.numel(),
+                        mode,
+                        grid.params.element_size(),
+                    )
+                    bound, name = roofline.bound_ms(moved, extra["ceilings"])
+                    row.update(
+                        hbm_bytes=moved["hbm"],
+                        l2_bytes=moved["l2"],
+                        bound=name,
+                        bound_ms=bound,
+                        fraction=bound / ms,
+                    )
+                rows.append(row)
+                print(f"{shape.name:8s} {mode:8s} {provider:10s} {ms:9.3f} ms")
             del grid, lookup, inputs
         if shape.name == "brics" and args.device == "cuda":
             memory = [retrieval_memory_mb(shape, p) for p in args.providers]
-    stem = args.out or RESULTS / f"grid_{env['device'].replace(' ', '_')}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    shapes = {name: asdict(s) for name, s in SHAPES.items()}
-    payload = {"environment": env, "shapes": shapes, "rows": rows, "memory": memory}
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1))
-    stem.with_suffix(".md").write_text(markdown(env, rows, memory))
-    print(markdown(env, rows, memory))
+        if args.sweep:
+            extra.setdefault("sweep", []).extend(sweep(shape))
+        write(args.out, env, rows, memory, extra)  # after each shape: partial runs keep results
+    print(markdown(env, rows, memory, extra))
+    if args.all and extra["equivalence"]["returncode"] != 0:
+        raise SystemExit("the kernel-equivalence tests failed on this GPU (see the log above)")
 
 
 if __name__ == "__main__":

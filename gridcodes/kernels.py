@@ -138,29 +138,32 @@ def grid_forward_kernel(
     SMOOTH: tl.constexpr,  # smoothstep instead of linear weights
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
     BLOCK: tl.constexpr,  # points per program
+    LEVELS: tl.constexpr,  # levels per program
 ):
     """y[n, g, l*F + j] = sum_c w(c) params[g, offset_l + index(c), j] (SPEC §1.2 step 5).
 
-    Launch grid (point blocks, L, G): blocks of one level run together, so that
-    level's table is what sits in cache.
+    Launch grid (point blocks, cdiv(L, LEVELS), G). A program loads its points once and
+    looks them up in LEVELS consecutive levels, writing LEVELS * F contiguous features
+    per point; programs of one level block run together, so their tables share the cache.
     """
-    level = tl.program_id(1)
+    first = tl.program_id(1) * LEVELS
     g = tl.program_id(2)
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = n < N
     j = tl.arange(0, F)
     xs = _sanitize(_load_coords(x_ptr, n * G + g, live, D, COMPUTE))
-    r, offset, use_hash, mask, strides = _level(meta_ptr, level, D)
-    origin, upper, lower, _ = _fractions(xs, r, SMOOTH)
-    lo_term, hi_term = _index_terms(origin, strides)
     table = params_ptr + g.to(tl.int64) * E * F
-    acc = tl.zeros((BLOCK, F), COMPUTE)
-    for c in tl.static_range(2**D):
-        _, w, row = _corner(c, upper, lower, lo_term, hi_term, offset, use_hash, mask)
-        v = tl.load(table + row[:, None] * F + j[None, :], mask=live[:, None], other=0.0)
-        acc += w[:, None] * v.to(COMPUTE)
-    out = y_ptr + (n[:, None] * G + g) * (L * F) + level * F + j[None, :]
-    tl.store(out, acc, mask=live[:, None])
+    out = y_ptr + (n[:, None] * G + g) * (L * F) + j[None, :]
+    for level in range(first, tl.minimum(first + LEVELS, L)):
+        r, offset, use_hash, mask, strides = _level(meta_ptr, level, D)
+        origin, upper, lower, _ = _fractions(xs, r, SMOOTH)
+        lo_term, hi_term = _index_terms(origin, strides)
+        acc = tl.zeros((BLOCK, F), COMPUTE)
+        for c in tl.static_range(2**D):
+            _, w, row = _corner(c, upper, lower, lo_term, hi_term, offset, use_hash, mask)
+            v = tl.load(table + row[:, None] * F + j[None, :], mask=live[:, None], other=0.0)
+            acc += w[:, None] * v.to(COMPUTE)
+        tl.store(out + level * F, acc, mask=live[:, None])
 
 
 # Backward (SPEC §1.2 step 6). With g_l = dL/dy[n, g, l*F:(l+1)*F] and P_c the entry of
@@ -179,30 +182,37 @@ def grid_backward_kernel(
     meta_ptr,  # (L, 4 + D) int64 level table
     dy_ptr,  # (N, G, L * F) upstream gradient
     dparams_ptr,  # (G, E, F) float32/float64 accumulator, atomically added (PARAM_GRAD)
+    replicas_ptr,  # (REPLICAS, G, COARSE, F) accumulators of rows < COARSE (REPLICAS > 1)
     dx_ptr,  # (N, G, D) input gradient, x dtype, overwritten (INPUT_GRAD)
     N,  # number of points
     G,  # number of groups
     E,  # table rows per group
     L,  # number of levels
+    COARSE,  # rows [0, COARSE) of each group: the small coarse levels
     D: tl.constexpr,  # in_dim
     F: tl.constexpr,  # features per entry
     SMOOTH: tl.constexpr,  # smoothstep instead of linear weights
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
     PARAM_GRAD: tl.constexpr,  # scatter w * dy into dparams with atomics
     INPUT_GRAD: tl.constexpr,  # compute dL/dx
+    REPLICAS: tl.constexpr,  # copies of the coarse rows' accumulator (1: none)
     BLOCK: tl.constexpr,  # points per program
 ):
     g = tl.program_id(1)
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = n < N
     j = tl.arange(0, F)
-    raw = _load_coords(x_ptr, n * G + g, live, D, COMPUTE)
-    xs = _sanitize(raw)
+    xs = _sanitize(_load_coords(x_ptr, n * G + g, live, D, COMPUTE))
     dx = ()
     for k in tl.static_range(D):
         dx = dx + (tl.zeros((BLOCK,), COMPUTE),)
     table = params_ptr + g.to(tl.int64) * E * F
     grad_table = dparams_ptr + g.to(tl.int64) * E * F
+    # Every point adds into the few rows of the coarse levels (a 4**3 level: thousands of
+    # reductions per row and step), and reductions to one address serialise in L2.
+    # Program p adds those rows into copy p % REPLICAS instead; the launcher sums the copies.
+    replica = (tl.program_id(0) % REPLICAS).to(tl.int64) * G + g
+    grad_coarse = replicas_ptr + replica * COARSE * F
     for level in range(L):
         r, offset, use_hash, mask, strides = _level(meta_ptr, level, D)
         origin, upper, lower, slope = _fractions(xs, r, SMOOTH)
@@ -215,8 +225,22 @@ def grid_backward_kernel(
         for c in tl.static_range(2**D):
             factors, w, row = _corner(c, upper, lower, lo_term, hi_term, offset, use_hash, mask)
             if PARAM_GRAD:
-                grad_ptrs = grad_table + row[:, None] * F + j[None, :]
-                tl.atomic_add(grad_ptrs, w[:, None] * dy, mask=live[:, None])
+                # Relaxed: the sum needs atomicity, not ordering. The default (acq_rel)
+                # fences every add and invalidates L1, which also evicts the rows the
+                # dx path re-reads; relaxed with an unused result compiles to RED.
+                # Two masked adds rather than one through a selected pointer: a select
+                # hides the rows' alignment and turns each F-wide RED into F scalar ones.
+                offsets = row[:, None] * F + j[None, :]
+                fine = live
+                if REPLICAS > 1:
+                    coarse = live & (row < COARSE)
+                    fine = live & (row >= COARSE)
+                    tl.atomic_add(
+                        grad_coarse + offsets, w[:, None] * dy, mask=coarse[:, None], sem="relaxed"
+                    )
+                tl.atomic_add(
+                    grad_table + offsets, w[:, None] * dy, mask=fine[:, None], sem="relaxed"
+                )
             if INPUT_GRAD:
                 v = tl.load(table + row[:, None] * F + j[None, :], mask=live[:, None], other=0.0)
                 dot = tl.sum(v.to(COMPUTE) * dy, 1)
@@ -238,77 +262,162 @@ def grid_backward_kernel(
                 updated = updated + (dx[k] + scale * slope[k] * dl_ds[k],)
             dx = updated
     if INPUT_GRAD:
+        # Reloaded (a cache hit) rather than kept live through the level loop: keeping
+        # the raw coordinates in registers made ptxas spill them for d = 2, F = 8.
+        raw = _load_coords(x_ptr, n * G + g, live, D, COMPUTE)
         for k in tl.static_range(D):
             inside = (raw[k] >= 0.0) & (raw[k] <= 1.0)  # False for NaN
             tl.store(dx_ptr + (n * G + g) * D + k, tl.where(inside, dx[k], 0.0), mask=live)
 
 
-# Deterministic parameter gradient: atomics add in a run-dependent order, so instead
-# (per level) every (point, group, corner) writes its table row, the triples are
-# stably sorted by row, and each row's contributions are summed in that fixed order.
+# Deterministic parameter gradient (SPEC §1.3). Atomics add in a run-dependent order, so
+# instead every contribution (point, group, level, corner) writes its flat table row, ONE
+# stable sort over all levels orders them by row, and fixed chunks of CHUNK consecutive
+# contributions are summed by a segmented scan (a fixed tree per chunk). A row that spans
+# chunks is finished by one more kernel that adds its per-chunk partial sums in chunk
+# order. The summation order depends only on the data and CHUNK (a constant of the
+# algorithm, not a tuning knob), never on timing or launch sizes, so the result is bitwise
+# reproducible. Critical path: log2(CHUNK) scan steps plus the chunks of the longest row,
+# instead of the longest row's length. Nothing is synchronised with the host.
 @triton.jit
-def grid_corner_rows_kernel(
+def grid_contribution_rows_kernel(
     x_ptr,  # (N, G, D) coordinates
     meta_ptr,  # (L, 4 + D) int64 level table
-    rows_ptr,  # (N, G, 2**D) int32 output: flat row g * E + offset_l + index(c)
+    rows_ptr,  # (L * 2**D * N * G,) int32 output, see below
     N,  # number of points
     G,  # number of groups
     E,  # table rows per group
-    level,  # the level whose rows are written
+    L,  # number of levels
     D: tl.constexpr,  # in_dim
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
     BLOCK: tl.constexpr,  # points per program
 ):
+    """rows[(l * 2**D + c) * N * G + n * G + g] = g * E + row of corner c of level l.
+
+    Contribution ids run over points fastest, so the stores are coalesced.
+    """
     g = tl.program_id(1)
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = n < N
-    xs = _sanitize(_load_coords(x_ptr, n * G + g, live, D, COMPUTE))
-    r, offset, use_hash, mask, strides = _level(meta_ptr, level, D)
-    origin, upper, lower, _ = _fractions(xs, r, False)
-    lo_term, hi_term = _index_terms(origin, strides)
-    for c in tl.static_range(2**D):
-        _, _, row = _corner(c, upper, lower, lo_term, hi_term, offset, use_hash, mask)
-        tl.store(rows_ptr + (n * G + g) * (2**D) + c, g * E + row, mask=live)
+    point_group = n * G + g
+    xs = _sanitize(_load_coords(x_ptr, point_group, live, D, COMPUTE))
+    n_points = tl.cast(N, tl.int64) * G  # tl.cast: N == 1 arrives as a constant, not a tensor
+    for level in range(L):
+        r, offset, use_hash, mask, strides = _level(meta_ptr, level, D)
+        origin, upper, lower, _ = _fractions(xs, r, False)
+        lo_term, hi_term = _index_terms(origin, strides)
+        for c in tl.static_range(2**D):
+            _, _, row = _corner(c, upper, lower, lo_term, hi_term, offset, use_hash, mask)
+            contribution = (level * (2**D) + c) * n_points + point_group
+            tl.store(rows_ptr + contribution, g * E + row, mask=live)
 
 
 @triton.jit
-def grid_segment_sum_kernel(
+def _segmented_scan(value, start, CHUNK: tl.constexpr):
+    """Inclusive segmented sum along axis 0 of ``value`` (CHUNK, F); ``start`` marks segment starts.
+
+    Hillis-Steele: log2(CHUNK) steps, each combining element i with element i - 2**s.
+    The tree is written out here, so its order depends on CHUNK alone (not on warps,
+    layout or the interpreter).
+    """
+    i = tl.arange(0, CHUNK)[:, None] + tl.zeros_like(value).to(tl.int32)
+    begun = start
+    for s in tl.static_range(CHUNK.bit_length() - 1):
+        source = tl.maximum(i - (1 << s), 0)
+        earlier = tl.gather(value, source, 0)
+        earlier_begun = tl.gather(begun, source, 0)
+        add = (i >= (1 << s)) & ~begun
+        value = tl.where(add, value + earlier, value)
+        begun = begun | ((i >= (1 << s)) & earlier_begun)
+    return value, begun
+
+
+@triton.jit
+def grid_chunk_sum_kernel(
     x_ptr,  # (N, G, D) coordinates
     meta_ptr,  # (L, 4 + D) int64 level table
     dy_ptr,  # (N, G, L * F) upstream gradient
-    order_ptr,  # (N * G * 2**D,) int64 flat (point, group, corner) ids, stably sorted by row
-    seg_row_ptr,  # (S,) int32 flat table row of each segment
-    seg_start_ptr,  # (S,) int64 first position of each segment in order
-    seg_len_ptr,  # (S,) int64 contributions of each segment
-    dparams_ptr,  # (G * E, F) float32/float64, rows of this level overwritten
-    S,  # number of segments (distinct rows hit at this level)
+    rows_ptr,  # (M,) int32 flat table rows of the contributions, sorted
+    order_ptr,  # (M,) int64 contribution ids in sorted order (ids as in the rows kernel)
+    dparams_ptr,  # (G * E, F) float32/float64: rows whose contributions all lie in one chunk
+    head_ptr,  # (n_chunks, F) partial sum of the chunk's first row, begun in an earlier chunk
+    tail_ptr,  # (n_chunks, F) partial sum of the chunk's last row, continued in the next chunk
+    tail_row_ptr,  # (n_chunks,) int32 that last row
+    flags_ptr,  # (n_chunks,) int32: bit 0 the first row runs on into the next chunk, bit 1 a tail
+    M,  # number of contributions, N * G * L * 2**D
+    NG,  # N * G
     L,  # number of levels
-    level,  # the level being reduced
     D: tl.constexpr,  # in_dim
     F: tl.constexpr,  # features per entry
     SMOOTH: tl.constexpr,  # smoothstep instead of linear weights
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
-    BLOCK: tl.constexpr,  # segments per program
+    CHUNK: tl.constexpr,  # contributions per program; fixes the summation order
 ):
-    """dparams[row] = sum over the row's contributions, in sorted order, of w * dy."""
-    seg = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    seg_live = seg < S
-    start = tl.load(seg_start_ptr + seg, mask=seg_live, other=0)
-    length = tl.load(seg_len_ptr + seg, mask=seg_live, other=0)
+    """Segmented sums of w * dy over one chunk of the sorted contributions."""
+    chunk = tl.program_id(0)
+    pos = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
+    live = pos < M
+    row = tl.load(rows_ptr + pos, mask=live, other=-1)
+    before = tl.load(rows_ptr + pos - 1, mask=live & (pos > 0), other=-1)
+    after = tl.load(rows_ptr + pos + 1, mask=pos + 1 < M, other=-1)
+    starts = row != before  # a row's first contribution (over the whole array)
+    ends = row != after  # a row's last contribution
+    contribution = tl.load(order_ptr + pos, mask=live, other=0)
+    point_group = contribution % NG
+    level = contribution // NG // (2**D)
+    corner = (contribution // NG) % (2**D)
+    r = tl.load(meta_ptr + level * (_STRIDES + D) + _RESOLUTION, mask=live, other=2)
+    xs = _sanitize(_load_coords(x_ptr, point_group, live, D, COMPUTE))
+    _, upper, lower, _ = _fractions(xs, r, SMOOTH)
+    w = tl.full((CHUNK,), 1.0, COMPUTE)
+    for k in tl.static_range(D):
+        w = w * tl.where((corner >> k) & 1 == 1, upper[k], lower[k])
     j = tl.arange(0, F)
-    r = tl.load(meta_ptr + level * (_STRIDES + D) + _RESOLUTION)
-    acc = tl.zeros((BLOCK, F), COMPUTE)
-    for step in range(0, tl.max(length, 0)):
-        live = seg_live & (step < length)
-        entry = tl.load(order_ptr + start + step, mask=live, other=0)
-        point_group = entry // (2**D)
-        corner = entry % (2**D)
-        xs = _sanitize(_load_coords(x_ptr, point_group, live, D, COMPUTE))
-        _, upper, lower, _ = _fractions(xs, r, SMOOTH)
-        w = tl.full((BLOCK,), 1.0, COMPUTE)
-        for k in tl.static_range(D):
-            w = w * tl.where((corner >> k) & 1 == 1, upper[k], lower[k])
-        dy_ptrs = dy_ptr + point_group[:, None] * (L * F) + level * F + j[None, :]
-        acc += w[:, None] * tl.load(dy_ptrs, mask=live[:, None], other=0.0).to(COMPUTE)
-    row = tl.load(seg_row_ptr + seg, mask=seg_live, other=0)
-    tl.store(dparams_ptr + row[:, None] * F + j[None, :], acc, mask=seg_live[:, None])
+    dy_ptrs = dy_ptr + point_group[:, None] * (L * F) + level[:, None] * F + j[None, :]
+    value = w[:, None] * tl.load(dy_ptrs, mask=live[:, None], other=0.0).to(COMPUTE)
+    start_2d = tl.broadcast_to(starts[:, None], (CHUNK, F))
+    sums, _ = _segmented_scan(value, start_2d, CHUNK)
+    # begun[i]: the row at i started inside this chunk (at or before i).
+    begun = tl.cumsum(starts.to(tl.int32), 0) > 0
+    last = (tl.arange(0, CHUNK) == CHUNK - 1) | (pos == M - 1)
+    whole = live & ends & begun  # the row lies in this chunk: its sum is final
+    tl.store(dparams_ptr + row[:, None] * F + j[None, :], sums, mask=whole[:, None])
+    head = live & ~begun & (ends | last)
+    tl.store(head_ptr + chunk * F + j[None, :] + 0 * pos[:, None], sums, mask=head[:, None])
+    tail = live & last & begun & ~ends
+    tl.store(tail_ptr + chunk * F + j[None, :] + 0 * pos[:, None], sums, mask=tail[:, None])
+    tl.store(tail_row_ptr + chunk + 0 * pos, row, mask=tail)
+    runs_on = live & last & ~begun & ~ends
+    flags = tl.max(runs_on.to(tl.int32), 0) | (tl.max(tail.to(tl.int32), 0) << 1)
+    tl.store(flags_ptr + chunk, flags)
+
+
+@triton.jit
+def grid_chunk_combine_kernel(
+    head_ptr,  # (n_chunks, F) from grid_chunk_sum_kernel
+    tail_ptr,  # (n_chunks, F)
+    tail_row_ptr,  # (n_chunks,) int32
+    flags_ptr,  # (n_chunks,) int32
+    dparams_ptr,  # (G * E, F) float32/float64: rows that span chunks
+    n_chunks,  # number of chunks
+    F: tl.constexpr,  # features per entry
+    COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
+    BLOCK: tl.constexpr,  # chunks per program
+):
+    """A row that leaves chunk o: its tail in o, plus the heads of the chunks it runs into."""
+    o = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    j = tl.arange(0, F)
+    flags = tl.load(flags_ptr + o, mask=o < n_chunks, other=0)
+    owner = (flags & 2) != 0
+    acc = tl.load(tail_ptr + o[:, None] * F + j[None, :], mask=owner[:, None], other=0.0)
+    acc = acc.to(COMPUTE)
+    k = o + 1
+    active = owner
+    while tl.max(active.to(tl.int32), 0) > 0:
+        head = tl.load(head_ptr + k[:, None] * F + j[None, :], mask=active[:, None], other=0.0)
+        acc = tl.where(active[:, None], acc + head, acc)
+        runs_on = (tl.load(flags_ptr + k, mask=active, other=0) & 1) != 0
+        active = active & runs_on
+        k = k + 1
+    row = tl.load(tail_row_ptr + o, mask=owner, other=0)
+    tl.store(dparams_ptr + row[:, None] * F + j[None, :], acc, mask=owner[:, None])

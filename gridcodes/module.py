@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -129,18 +130,47 @@ class MultiResGrid(nn.Module):
         return "torch"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Features of ``x`` (..., n_groups, in_dim) -> (..., n_groups, n_levels * n_features)."""
+        """Features of ``x`` (..., n_groups, in_dim) -> (..., n_groups, n_levels * n_features).
+
+        Mixed precision: the lookup is excluded from ``torch.autocast``. Coordinates of any
+        float dtype and the table are read as they are, the arithmetic is float32 (float64
+        for a float64 table), the output has the table's dtype and the gradients those of
+        their inputs; the layers after the grid autocast as usual.
+        """
         self._check_input(x)
+        device = x.device.type
+        if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return self._lookup(x)
+        return self._lookup(x)
+
+    def _lookup(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
         flat = x.reshape(-1, c.n_groups, c.in_dim)
+        if self.backend == "auto" and x.device.type == "cuda":
+            self._warn_reference_on_cuda()
         if self.resolved_backend(x.device) == "triton":
             self._check_triton_device(x)
             deterministic = self.deterministic or torch.are_deterministic_algorithms_enabled()
             smoothstep = c.interpolation == "smoothstep"
-            y = ops.grid_encode(flat, self.params, self.level_table, smoothstep, deterministic)
+            coarse = ops.coarse_rows(c.level_sizes)
+            y = ops.grid_encode(
+                flat, self.params, self.level_table, smoothstep, deterministic, coarse
+            )
         else:
             y = grid_encode_reference(flat, self.params, c)
         return y.reshape(*x.shape[:-2], c.n_groups, self.out_features)
+
+    def _warn_reference_on_cuda(self) -> None:
+        """SPEC §1.2: no silent fallback. Once per grid, say why 'auto' is not using Triton."""
+        reason = triton_unsupported(self.config)
+        if reason and not getattr(self, "_warned_fallback", False):
+            self._warned_fallback = True
+            warnings.warn(
+                f"MultiResGrid(backend='auto') runs the PyTorch reference on CUDA: {reason}. "
+                "Pass backend='torch' to choose it explicitly (and silence this).",
+                stacklevel=4,
+            )
 
     def _check_input(self, x: torch.Tensor) -> None:
         c = self.config
@@ -220,6 +250,8 @@ class MultiResGrid(nn.Module):
         c = self.config
         resolved = self.resolved_backend()
         backend = repr(self.backend) + (f" -> {resolved!r}" if resolved != self.backend else "")
+        if self.params.device.type == "cuda" and resolved == "torch" and self.backend == "auto":
+            backend += f" (Triton unsupported: {triton_unsupported(self.config)})"
         return (
             f"in_dim={c.in_dim}, n_groups={c.n_groups}, n_levels={c.n_levels}, "
             f"n_features={c.n_features}, grid_type={c.grid_type!r}, "

@@ -11,8 +11,11 @@ prepare contiguous buffers and launch.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
+
+from .reference import compute_dtype
 
 try:
     import triton
@@ -25,10 +28,63 @@ except ImportError:  # pragma: no cover - triton is a Linux-only dependency
 TRITON_AVAILABLE = triton is not None
 # Read once: triton.jit picks the interpreter when the kernels module is imported.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-# Points (segments) per program. The interpreter's cost is per operation, not per element,
-# so it runs larger blocks.
-BLOCK = 256 if INTERPRET else 128
-SEGMENT_BLOCK = 512 if INTERPRET else 64
+# Contributions per chunk of the deterministic table gradient. Part of the summation
+# order (kernels.py), so changing it changes the bits of deterministic gradients; the
+# interpreter (whose cost is per operation, not per element) uses larger chunks.
+CHUNK = 2048 if INTERPRET else 256
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Tuning knobs of one kernel: points (chunks) per program, warps, levels per program."""
+
+    block: int
+    num_warps: int = 4
+    levels: int = 1
+
+
+# The interpreter's cost is per operation, not per element, so it runs larger blocks.
+TUNING = {
+    "forward": LaunchConfig(256 if INTERPRET else 128, levels=1),
+    "backward": LaunchConfig(256 if INTERPRET else 128),
+    "rows": LaunchConfig(256 if INTERPRET else 128),
+    "combine": LaunchConfig(256 if INTERPRET else 128),
+}
+BLOCK = TUNING["forward"].block  # kept for callers that size batches around it
+# Atomic table gradient: rows of levels with at most COARSE_LEVEL_ROWS entries are summed in
+# one replicated accumulator per REPLICA_POINTS points (at most MAX_REPLICAS), then added.
+# Measured on an H100 (bench/results/gpu_notes.md): BRICS training shape (49,152 points)
+# backward 0.93 -> 0.55 ms with 16 copies (Instant-NGP shape: 3.53 -> 4.27 ms, slower,
+# in that version's scalar reductions); one image (4,096 points) gets none, which keeps
+# its memory at 8.7 MB instead of 10.9.
+COARSE_LEVEL_ROWS = 4096
+REPLICA_POINTS = 3072
+MAX_REPLICAS = 16
+
+
+def coarse_rows(level_sizes) -> int:
+    """Rows (per group) of the leading levels with at most COARSE_LEVEL_ROWS entries each."""
+    rows = 0
+    for size in level_sizes:
+        if size > COARSE_LEVEL_ROWS:
+            break
+        rows += size
+    return rows
+
+
+def _launch(kernel, grid: tuple, *args, num_warps: int = 4, **constants) -> None:
+    """Launch ``kernel`` on ``grid`` (the one place kernels are launched).
+
+    ``enable_fp_fusion=False``: the compiled code rounds every product and sum as the
+    reference does. With contraction, ``f = p - i`` after ``p = x (r - 1)`` becomes
+    ``fma(x, r - 1, -i)``, so at a vertex the compiled fraction is ±1e-7 where the
+    reference's is exactly 0 (SPEC §1.2 step 2).
+    """
+    _run(kernel, grid, args, {**constants, "num_warps": num_warps, "enable_fp_fusion": False})
+
+
+def _run(kernel, grid: tuple, args: tuple, kwargs: dict) -> None:
+    kernel[grid](*args, **kwargs)
 
 
 def _constants(x: torch.Tensor, params: torch.Tensor) -> dict:
@@ -38,30 +94,19 @@ def _constants(x: torch.Tensor, params: torch.Tensor) -> dict:
     }
 
 
-def _accumulator_dtype(params: torch.Tensor) -> torch.dtype:
-    return torch.float64 if params.dtype == torch.float64 else torch.float32
-
-
-@torch.library.custom_op("gridcodes::grid_encode", mutates_args=())
-def grid_encode(
-    x: torch.Tensor,
-    params: torch.Tensor,
-    table: torch.Tensor,
-    smoothstep: bool,
-    deterministic: bool,
-) -> torch.Tensor:
-    """Triton lookup. x (N, G, D), params (G, E, F), table (L, 4 + D) int64 -> (N, G, L*F).
-
-    ``deterministic`` only affects the backward: bitwise-reproducible dL/dparams.
-    """
+def forward(x, params, table, smoothstep: bool) -> torch.Tensor:
+    """Launch the lookup. x (N, G, D), params (G, E, F), table (L, 4 + D) int64 -> (N, G, L*F)."""
     n_points, n_groups, _ = x.shape
     n_levels = table.shape[0]
     n_features = params.shape[-1]
     y = params.new_empty(n_points, n_groups, n_levels * n_features)
     if n_points == 0:
         return y
-    grid = (triton.cdiv(n_points, BLOCK), n_levels, n_groups)
-    kernels.grid_forward_kernel[grid](
+    tune = TUNING["forward"]
+    grid = (triton.cdiv(n_points, tune.block), triton.cdiv(n_levels, tune.levels), n_groups)
+    _launch(
+        kernels.grid_forward_kernel,
+        grid,
         x.contiguous(),
         params.contiguous(),
         table,
@@ -72,14 +117,149 @@ def grid_encode(
         n_levels,
         F=n_features,
         SMOOTH=smoothstep,
-        BLOCK=BLOCK,
+        BLOCK=tune.block,
+        LEVELS=tune.levels,
+        num_warps=tune.num_warps,
         **_constants(x, params),
     )
     return y
 
 
+def backward(dy, x, params, table, smoothstep, need_dx, need_dparams, deterministic, coarse=0):
+    """Launch the backward: (dL/dx or empty, dL/dparams or empty), see grid_encode_backward."""
+    n_points, n_groups, _ = x.shape
+    n_levels = table.shape[0]
+    n_rows, n_features = params.shape[1:]
+    x, dy = x.contiguous(), dy.contiguous()
+    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
+    # The table-sized accumulator exists only when the table needs a gradient.
+    acc_shape = params.shape if need_dparams else (0,)
+    acc = torch.zeros(acc_shape, dtype=compute_dtype(params), device=params.device)
+    atomic = need_dparams and not deterministic
+    constants = _constants(x, params)
+    n_replicas = min(MAX_REPLICAS, n_points // REPLICA_POINTS) if atomic else 0
+    if n_replicas < 2 or coarse == 0:
+        n_replicas, coarse = 1, 0
+    replicas = acc.new_zeros(n_replicas, n_groups, coarse, n_features)
+    if n_points > 0 and (need_dx or atomic):
+        tune = TUNING["backward"]
+        _launch(
+            kernels.grid_backward_kernel,
+            (triton.cdiv(n_points, tune.block), n_groups),
+            x,
+            params.contiguous(),
+            table,
+            dy,
+            acc,
+            replicas,
+            dx,
+            n_points,
+            n_groups,
+            n_rows,
+            n_levels,
+            coarse,
+            F=n_features,
+            SMOOTH=smoothstep,
+            PARAM_GRAD=atomic,
+            INPUT_GRAD=need_dx,
+            REPLICAS=n_replicas,
+            BLOCK=tune.block,
+            num_warps=tune.num_warps,
+            **constants,
+        )
+    if n_replicas > 1:
+        acc[:, :coarse] += replicas.sum(0)
+    if need_dparams and deterministic and n_points > 0:
+        sorted_scatter(dy, x, table, acc, smoothstep, constants)
+    dparams = acc.to(params.dtype) if need_dparams else params.new_empty(0)
+    return dx, dparams
+
+
+def sorted_scatter(dy, x, table, acc, smoothstep, constants) -> None:
+    """Deterministic dL/dparams into ``acc`` (zeros): one sort by row, chunked segmented sums."""
+    n_points, n_groups, _ = x.shape
+    n_levels = table.shape[0]
+    n_rows, n_features = acc.shape[1:]
+    n_contributions = n_points * n_groups * n_levels * 2 ** x.shape[-1]
+    rows = torch.empty(n_contributions, dtype=torch.int32, device=x.device)
+    tune = TUNING["rows"]
+    _launch(
+        kernels.grid_contribution_rows_kernel,
+        (triton.cdiv(n_points, tune.block), n_groups),
+        x,
+        table,
+        rows,
+        n_points,
+        n_groups,
+        n_rows,
+        n_levels,
+        BLOCK=tune.block,
+        num_warps=tune.num_warps,
+        **constants,
+    )
+    rows, order = torch.sort(rows, stable=True)
+    n_chunks = triton.cdiv(n_contributions, CHUNK)
+    head = acc.new_empty(n_chunks, n_features)
+    tail = acc.new_empty(n_chunks, n_features)
+    tail_row = rows.new_empty(n_chunks)
+    flags = rows.new_empty(n_chunks)
+    _launch(
+        kernels.grid_chunk_sum_kernel,
+        (n_chunks,),
+        x,
+        table,
+        dy,
+        rows,
+        order,
+        acc,
+        head,
+        tail,
+        tail_row,
+        flags,
+        n_contributions,
+        n_points * n_groups,
+        n_levels,
+        F=n_features,
+        SMOOTH=smoothstep,
+        CHUNK=CHUNK,
+        **constants,
+    )
+    tune = TUNING["combine"]
+    _launch(
+        kernels.grid_chunk_combine_kernel,
+        (triton.cdiv(n_chunks, tune.block),),
+        head,
+        tail,
+        tail_row,
+        flags,
+        acc,
+        n_chunks,
+        F=n_features,
+        COMPUTE=constants["COMPUTE"],
+        BLOCK=tune.block,
+        num_warps=tune.num_warps,
+    )
+
+
+@torch.library.custom_op("gridcodes::grid_encode", mutates_args=())
+def grid_encode(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    table: torch.Tensor,
+    smoothstep: bool,
+    deterministic: bool,
+    coarse: int,
+) -> torch.Tensor:
+    """Triton lookup. x (N, G, D), params (G, E, F), table (L, 4 + D) int64 -> (N, G, L*F).
+
+    ``deterministic`` and ``coarse`` (see :func:`coarse_rows`) only affect the backward:
+    bitwise-reproducible dL/dparams, and which rows get replicated accumulators.
+    """
+    return forward(x, params, table, smoothstep)
+
+
 @grid_encode.register_fake
-def _(x, params, table, smoothstep, deterministic):
+def _(x, params, table, smoothstep, deterministic, coarse):
     return params.new_empty(x.shape[0], x.shape[1], table.shape[0] * params.shape[-1])
 
 
@@ -93,105 +273,35 @@ def grid_encode_backward(
     need_dx: bool,
     need_dparams: bool,
     deterministic: bool,
+    coarse: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients w.r.t. x (shape of x, or empty) and params (shape of params, or empty)."""
-    n_points, n_groups, _ = x.shape
-    n_levels = table.shape[0]
-    n_rows, n_features = params.shape[1:]
-    x, dy = x.contiguous(), dy.contiguous()
-    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
-    # The table-sized accumulator exists only when the table needs a gradient.
-    acc_shape = params.shape if need_dparams else (0,)
-    acc = torch.zeros(acc_shape, dtype=_accumulator_dtype(params), device=params.device)
-    atomic = need_dparams and not deterministic
-    constants = _constants(x, params)
-    if n_points > 0 and (need_dx or atomic):
-        kernels.grid_backward_kernel[(triton.cdiv(n_points, BLOCK), n_groups)](
-            x,
-            params.contiguous(),
-            table,
-            dy,
-            acc,
-            dx,
-            n_points,
-            n_groups,
-            n_rows,
-            n_levels,
-            F=n_features,
-            SMOOTH=smoothstep,
-            PARAM_GRAD=atomic,
-            INPUT_GRAD=need_dx,
-            BLOCK=BLOCK,
-            **constants,
-        )
-    if need_dparams and deterministic and n_points > 0:
-        _sorted_scatter(dy, x, table, acc, smoothstep, constants)
-    dparams = acc.to(params.dtype) if need_dparams else params.new_empty(0)
-    return dx, dparams
-
-
-def _sorted_scatter(dy, x, table, acc, smoothstep, constants) -> None:
-    """Deterministic dL/dparams: per level, sort contributions by row and sum each row in order."""
-    n_points, n_groups, _ = x.shape
-    n_rows, n_features = acc.shape[1:]
-    n_corners = 2 ** x.shape[-1]
-    rows = torch.empty(n_points * n_groups * n_corners, dtype=torch.int32, device=x.device)
-    for level in range(table.shape[0]):
-        kernels.grid_corner_rows_kernel[(triton.cdiv(n_points, BLOCK), n_groups)](
-            x,
-            table,
-            rows,
-            n_points,
-            n_groups,
-            n_rows,
-            level,
-            BLOCK=BLOCK,
-            **constants,
-        )
-        sorted_rows, order = torch.sort(rows, stable=True)
-        seg_rows, seg_len = torch.unique_consecutive(sorted_rows, return_counts=True)
-        seg_start = torch.cumsum(seg_len, 0) - seg_len
-        n_segments = seg_rows.numel()
-        kernels.grid_segment_sum_kernel[(triton.cdiv(n_segments, SEGMENT_BLOCK),)](
-            x,
-            table,
-            dy,
-            order,
-            seg_rows,
-            seg_start,
-            seg_len,
-            acc,
-            n_segments,
-            table.shape[0],
-            level,
-            F=n_features,
-            SMOOTH=smoothstep,
-            BLOCK=SEGMENT_BLOCK,
-            **constants,
-        )
+    return backward(dy, x, params, table, smoothstep, need_dx, need_dparams, deterministic, coarse)
 
 
 @grid_encode_backward.register_fake
-def _(dy, x, params, table, smoothstep, need_dx, need_dparams, deterministic):
+def _(dy, x, params, table, smoothstep, need_dx, need_dparams, deterministic, coarse):
     dx = torch.empty_like(x) if need_dx else x.new_empty(0)
     dparams = torch.empty_like(params) if need_dparams else params.new_empty(0)
     return dx, dparams
 
 
 def _setup_context(ctx, inputs, output):
-    x, params, table, smoothstep, deterministic = inputs
+    x, params, table, smoothstep, deterministic, coarse = inputs
     ctx.save_for_backward(x, params, table)
     ctx.smoothstep = smoothstep
     ctx.deterministic = deterministic
+    ctx.coarse = coarse
 
 
 def _backward(ctx, dy):
     x, params, table = ctx.saved_tensors
     need_dx, need_dparams = ctx.needs_input_grad[:2]
     dx, dparams = grid_encode_backward(
-        dy, x, params, table, ctx.smoothstep, need_dx, need_dparams, ctx.deterministic
+        dy, x, params, table, ctx.smoothstep, need_dx, need_dparams, ctx.deterministic, ctx.coarse
     )
-    return (dx if need_dx else None), (dparams if need_dparams else None), None, None, None
+    grads = (dx if need_dx else None), (dparams if need_dparams else None)
+    return *grads, None, None, None, None
 
 
 grid_encode.register_autograd(_backward, setup_context=_setup_context)

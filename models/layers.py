@@ -59,6 +59,21 @@ def blur(x: torch.Tensor, pad: tuple[int, int], gain: float = 1.0) -> torch.Tens
     return F.conv2d(x, kernel, groups=channels)
 
 
+def blur_separable(x: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
+    """:func:`blur` (gain 1) as shifted, weighted sums of slices along each axis.
+
+    The same filter, computed without a grouped convolution: the discriminator's gradient
+    penalty differentiates it twice, and the double backward of a grouped convolution
+    loops over the groups (one convolution per channel: thousands per training step and,
+    measured on an H100 at batch 12, 256^2, ~10 s of a 10.5 s step).
+    """
+    taps = (1.0 / 8, 3.0 / 8, 3.0 / 8, 1.0 / 8)  # [1, 3, 3, 1] / 8 per axis
+    x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
+    h, w = x.shape[-2] - 3, x.shape[-1] - 3
+    rows = sum(t * x[..., i : i + h, :] for i, t in enumerate(taps))
+    return sum(t * rows[..., i : i + w] for i, t in enumerate(taps))
+
+
 def upsample_2x(x: torch.Tensor) -> torch.Tensor:
     """Zero-insertion 2x upsampling and the FIR filter (gain 4): (B,C,H,W) -> (B,C,2H,2W)."""
     b, c, h, w = x.shape
@@ -92,7 +107,7 @@ class EqualConv2d(nn.Module):
         if self.downsample:
             # Blur so the strided conv below halves the size exactly (StyleGAN2's layout).
             p = 2 + (self.weight.shape[-1] - 1)
-            x = blur(x, pad=((p + 1) // 2, p // 2))
+            x = blur_separable(x, pad=((p + 1) // 2, p // 2))
             stride = 2
         out = F.conv2d(x, self.weight * self.scale, self.bias, stride=stride, padding=self.padding)
         return lrelu(out) if self.activation else out

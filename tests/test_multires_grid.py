@@ -1,5 +1,7 @@
 """The public MultiResGrid API: arguments, errors, backends, custom op, persistence, statistics."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -124,8 +126,9 @@ def test_double_backward_fails_loudly():
 def test_opcheck_custom_op():
     grid = small_grid(backend="triton")
     x = torch.rand(37, 2, 3, device=DEVICE, requires_grad=True)
+    coarse = ops.coarse_rows(grid.config.level_sizes)
     for smoothstep in (False, True):
-        args = (x, grid.params, grid.level_table, smoothstep, False)
+        args = (x, grid.params, grid.level_table, smoothstep, False, coarse)
         torch.library.opcheck(ops.grid_encode, args)
     dy = torch.randn(37, 2, 8, device=DEVICE)
     backward_args = (
@@ -137,6 +140,7 @@ def test_opcheck_custom_op():
         True,
         True,
         False,
+        coarse,
     )
     torch.library.opcheck(ops.grid_encode_backward, backward_args)
 
@@ -160,8 +164,8 @@ def test_torch_compile_has_no_graph_break():
 def test_use_deterministic_algorithms_selects_the_sorted_scatter(monkeypatch):
     grid = small_grid(backend="triton")
     calls = []
-    original = ops._sorted_scatter
-    monkeypatch.setattr(ops, "_sorted_scatter", lambda *a: calls.append(1) or original(*a))
+    original = ops.sorted_scatter
+    monkeypatch.setattr(ops, "sorted_scatter", lambda *a: calls.append(1) or original(*a))
     x = torch.rand(20, 2, 3, device=DEVICE)
     grid(x).sum().backward()
     assert not calls
@@ -175,7 +179,9 @@ def test_use_deterministic_algorithms_selects_the_sorted_scatter(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_save_load_round_trips_exactly(tmp_path, dtype):
-    grid = small_grid(grid_type="tiled", interpolation="smoothstep").to(dtype=dtype)
+    # Same backend on both sides, so the lookups must agree bit for bit on any device.
+    grid = small_grid(grid_type="tiled", interpolation="smoothstep", backend="torch")
+    grid = grid.to(dtype=dtype)
     with torch.no_grad():
         grid.params.normal_()
     path = tmp_path / "grid.safetensors"
@@ -183,7 +189,8 @@ def test_save_load_round_trips_exactly(tmp_path, dtype):
     loaded = MultiResGrid.load(path, backend="torch", device=DEVICE)
     assert loaded.config == grid.config
     assert loaded.params.dtype == dtype
-    assert torch.equal(loaded.params.view(torch.uint8), grid.params.view(torch.uint8))
+    saved, restored = grid.params.detach().cpu(), loaded.params.detach().cpu()
+    assert torch.equal(restored.view(torch.uint8), saved.view(torch.uint8))
     x = torch.rand(9, 2, 3, device=DEVICE)
     assert torch.equal(loaded(x), grid.to(DEVICE)(x))
 
@@ -234,3 +241,33 @@ def test_frozen_table_gives_coordinate_gradients_only():
     # float32 sums of 8 corners x 4 levels with |dx| up to ~1e2: 1e-4 relative is ~10^3 ulps
     # of headroom, while a wrong cell or missing level is off by O(1).
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
+
+
+def test_auto_warns_once_when_cuda_would_fall_back_to_the_reference():
+    grid = MultiResGrid(5, n_levels=2, max_resolution=8, backend="auto")  # in_dim 5: no Triton
+    with pytest.warns(UserWarning, match=r"runs the PyTorch reference on CUDA: in_dim=5"):
+        grid._warn_reference_on_cuda()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grid._warn_reference_on_cuda()  # once per grid
+    supported = small_grid(backend="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        supported._warn_reference_on_cuda()
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_lookup_is_excluded_from_autocast(backend, x_dtype):
+    """Under autocast the output keeps the table's dtype and equals the lookup without it."""
+    grid = small_grid(backend=backend)
+    with torch.no_grad():
+        grid.params.normal_()
+    x = torch.rand(33, 2, 3, device=DEVICE).to(x_dtype).requires_grad_(True)
+    expected = grid(x)
+    with torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16):
+        y = grid(x)
+    assert y.dtype == grid.params.dtype
+    assert torch.equal(y, expected)
+    y.sum().backward()
+    assert x.grad.dtype == x_dtype and grid.params.grad.dtype == grid.params.dtype

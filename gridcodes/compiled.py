@@ -1,0 +1,171 @@
+"""What a GPU would run, read without one: each kernel launch compiled as it specializes.
+
+A lookup's launchers (``ops.forward``, ``ops.backward``) are run on ``meta`` tensors with
+``ops._run`` replaced by a recorder, so the recorded arguments are exactly those a real
+launch passes (pointer alignment, ints divisible by 16, ints equal to 1 folded into
+constants, constexprs, ``num_warps``, ``enable_fp_fusion``). Each launch is then compiled
+for a target (sm_90 by default) through Triton's own launch-time specialization, and its
+SASS and resource usage are read with the ``cuobjdump`` shipped inside the Triton wheel.
+
+Needs a real ``triton.jit`` (``TRITON_INTERPRET`` unset) and Triton's NVIDIA backend; no
+GPU. Uses two internals of ``triton.runtime.jit`` (the launch binder and ``_pack_args``),
+checked on import of this module's functions with a clear error if they moved.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+from . import ops
+from .levels import level_table
+from .module import MultiResGrid
+
+
+@dataclass
+class Launch:
+    """One recorded kernel launch: the kernel, its grid, positional args and keywords."""
+
+    kernel: object
+    grid: tuple
+    args: tuple
+    kwargs: dict
+
+    @property
+    def name(self) -> str:
+        return self.kernel.fn.__name__
+
+
+def record_launches(
+    grid: MultiResGrid,
+    n_points: int,
+    *,
+    x_dtype=torch.float32,
+    table_dtype=torch.float32,
+    deterministic: bool = False,
+    need_dx: bool = True,
+    need_dparams: bool = True,
+) -> list[Launch]:
+    """The launches of one forward + backward of ``grid`` on ``n_points`` points (meta tensors)."""
+    c = grid.config
+    launches: list[Launch] = []
+
+    def record(kernel, grid_, args, kwargs):
+        launches.append(Launch(kernel, grid_, args, kwargs))
+
+    x = torch.empty(n_points, c.n_groups, c.in_dim, device="meta", dtype=x_dtype)
+    params = torch.empty(c.n_groups, c.n_entries, c.n_features, device="meta", dtype=table_dtype)
+    table = level_table(c, "meta")
+    smooth = c.interpolation == "smoothstep"
+    with mock.patch.object(ops, "_run", record):
+        y = ops.forward(x, params, table, smooth)
+        dy = torch.empty_like(y)
+        coarse = ops.coarse_rows(c.level_sizes)
+        ops.backward(dy, x, params, table, smooth, need_dx, need_dparams, deterministic, coarse)
+    return launches
+
+
+def compile_launch(launch: Launch, capability: int = 90):
+    """Compile ``launch`` for ``sm_<capability>`` exactly as ``kernel[grid](...)`` would."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime import jit
+
+    kernel = launch.kernel
+    if not isinstance(kernel, jit.JITFunction):
+        raise RuntimeError("compile_launch needs real triton.jit kernels: unset TRITON_INTERPRET")
+    if not hasattr(jit, "create_function_from_signature") or not hasattr(kernel, "_pack_args"):
+        raise RuntimeError(f"triton {triton.__version__}: the launch binder moved (compiled.py)")
+    target = GPUTarget("cuda", capability, 32)
+    backend = make_backend(target)
+    binder = jit.create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*launch.args, **launch.kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(
+        backend, launch.kwargs, bound, specialization, options
+    )
+    source = ASTSource(kernel, signature, constexprs, attrs)
+    return triton.compile(source, target=target, options=options.__dict__)
+
+
+def _cuobjdump(*args: str, cubin: bytes) -> str:
+    from triton.backends.nvidia import compiler
+
+    tool = Path(compiler.__file__).parent / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run(
+            [str(tool), *args, f.name], check=True, capture_output=True, text=True
+        ).stdout
+
+
+@dataclass
+class KernelReport:
+    """What the compiled code of one launch holds."""
+
+    name: str
+    registers: int
+    stack_bytes: int
+    local_bytes: int
+    sass: list[str] = field(repr=False)  # instruction lines
+    ptx: str = field(repr=False)
+
+    @property
+    def opcodes(self) -> Counter:
+        """Counts of full opcodes (with modifiers), e.g. ``LDG.E.128``."""
+        return Counter(line.split()[0] for line in self.sass)
+
+    def matching(self, pattern: str) -> list[str]:
+        """Instruction lines whose opcode matches the regular expression ``pattern``."""
+        return [line for line in self.sass if re.match(pattern, line.split()[0])]
+
+    def summary(self) -> dict:
+        kinds = {
+            "loads": r"LDG",
+            "stores": r"STG",
+            "reductions": r"REDG?\.",
+            "atomics": r"ATOM",
+            "fences": r"MEMBAR|CCTL|FENCE",
+            "local": r"LDL|STL",
+            "fma": r"[FD]FMA",  # fused multiply-adds: none when fp fusion is off
+        }
+        counts = {
+            kind: dict(Counter(line.split()[0] for line in self.matching(p)))
+            for kind, p in kinds.items()
+        }
+        return {
+            "kernel": self.name,
+            "registers": self.registers,
+            "stack_bytes": self.stack_bytes,
+            "local_bytes": self.local_bytes,
+            "instructions": len(self.sass),
+            **counts,
+        }
+
+
+_INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([^;]+);")
+
+
+def inspect_launch(launch: Launch, capability: int = 90) -> KernelReport:
+    """Compile ``launch`` and read its registers, stack, local memory and SASS."""
+    compiled = compile_launch(launch, capability)
+    cubin = compiled.asm["cubin"]
+    usage = _cuobjdump("-res-usage", cubin=cubin)
+    number = lambda key: int(re.search(rf"{key}:(\d+)", usage).group(1))
+    sass = [m.group(1).strip() for m in _INSTRUCTION.finditer(_cuobjdump("-sass", cubin=cubin))]
+    return KernelReport(
+        name=launch.name,
+        registers=number("REG"),
+        stack_bytes=number("STACK"),
+        local_bytes=number("LOCAL"),
+        sass=sass,
+        ptx=compiled.asm["ptx"],
+    )

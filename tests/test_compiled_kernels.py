@@ -1,0 +1,125 @@
+"""What the GPU will run, checked without one: every kernel launch compiled for sm_90.
+
+``bench/kernel_report.py`` compiles each launch of a forward + backward exactly as a real
+launch specializes it (``gridcodes/compiled.py``) for the benchmark shapes, every table and
+coordinate dtype, the atomic and deterministic paths, and in_dim 1..4; these tests assert
+what its SASS must hold. The interpreter proves the arithmetic; this proves the machine
+code: vector gathers, relaxed reductions without fences, no spills, no contraction of the
+cell fraction, registers within budget.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton.backends.nvidia")
+
+ROOT = Path(__file__).parents[1]
+
+# Registers per kernel and variant as compiled on 2026-11-25 (triton 3.8.0, sm_90), rounded
+# up to a multiple of 8: more is a regression to look at (occupancy), not noise.
+REGISTER_BUDGET = {
+    "grid_forward_kernel": 56,
+    "grid_backward_kernel": 80,
+    "grid_contribution_rows_kernel": 48,
+    "grid_chunk_sum_kernel": 80,
+    "grid_chunk_combine_kernel": 32,
+}
+# float64 tables double every value register.
+REGISTER_BUDGET_FLOAT64 = {"grid_forward_kernel": 88, "grid_backward_kernel": 168}
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = ROOT / "bench" / "kernel_report.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--json", "-"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def rows(report, kernel=None, **match):
+    out = [
+        r
+        for r in report["rows"]
+        if (kernel is None or r["kernel"] == kernel) and all(r[k] == v for k, v in match.items())
+    ]
+    assert out, f"no compiled {kernel} with {match}"
+    return out
+
+
+def where(r) -> str:
+    return f"{r['kernel']} ({r['variant']})"
+
+
+def test_every_variant_compiles(report):
+    kernels = {r["kernel"] for r in report["rows"]}
+    assert kernels == set(REGISTER_BUDGET)
+    assert {r["in_dim"] for r in report["rows"]} == {1, 2, 3, 4}
+    assert {r["table"] for r in report["rows"]} >= {"float32", "float16", "bfloat16", "float64"}
+
+
+def test_gradient_scatter_is_relaxed_reductions_without_fences(report):
+    scatters = rows(report, "grid_backward_kernel", atomic_scatter=True)
+    for r in scatters:
+        assert r["reductions"], f"{where(r)}: no RED instruction in the scatter"
+        assert not r["atomics"], f"{where(r)}: returning atomics {r['atomics']}"
+        assert not r["fences"], f"{where(r)}: fences {r['fences']}"
+    for r in report["rows"]:
+        assert not r["fences"], f"{where(r)}: fences {r['fences']}"
+
+
+@pytest.mark.parametrize(("variant", "width"), [("brics", "F32x4"), ("ngp", "F32x2")])
+def test_gradient_reductions_are_as_wide_as_a_row(report, variant, width):
+    """One F-wide RED per corner (and per accumulator copy), not F scalar ones."""
+    (r,) = rows(report, "grid_backward_kernel", variant=variant)
+    assert r["reductions"] and all(width in op for op in r["reductions"]), r["reductions"]
+
+
+@pytest.mark.parametrize(
+    ("variant", "width", "count"),
+    [
+        ("brics", "LDG.E.128", 8),  # F = 4 float32 rows: 16 bytes, one per corner
+        ("ngp", "LDG.E.64", 8),  # F = 2 float32: 8 bytes
+        ("image2d", "LDG.E.64", 4),  # d = 2: 4 corners
+        ("brics table float16", "LDG.E.64", 8),  # F = 4 half: 8 bytes
+        ("brics table bfloat16", "LDG.E.64", 8),
+        ("brics table float64", "LDG.E.128", 16),  # 32-byte rows: two 16-byte loads
+    ],
+)
+def test_feature_rows_are_vector_loads(report, variant, width, count):
+    for kernel in ("grid_forward_kernel", "grid_backward_kernel"):
+        (r,) = rows(report, kernel, variant=variant)
+        assert r["loads"].get(width, 0) >= count, f"{where(r)}: loads {r['loads']}"
+
+
+def test_no_spills_and_registers_within_budget(report):
+    for r in report["rows"]:
+        assert r["stack_bytes"] == 0 and r["local_bytes"] == 0, f"{where(r)}: spills"
+        assert not r["local"], f"{where(r)}: local memory {r['local']}"
+        budget = REGISTER_BUDGET_FLOAT64 if r["table"] == "float64" else REGISTER_BUDGET
+        assert r["registers"] <= budget.get(r["kernel"], REGISTER_BUDGET[r["kernel"]]), (
+            f"{where(r)}: {r['registers']} registers"
+        )
+
+
+def test_cell_fraction_is_not_contracted(report):
+    """With fp fusion off, no FMA is emitted, so f = x (r - 1) - i rounds as SPEC's step 2."""
+    for r in report["rows"]:
+        assert r["no_contraction"], f"{where(r)}: {r['fma']}"
+
+
+def test_deterministic_critical_path_is_twenty_times_shorter(report):
+    cp = report["critical_path"]
+    assert cp["contributions"] == 12 * 64 * 64 * 4 * 16 * 8
+    assert cp["before_steps"] >= 20 * cp["after_steps"], cp
