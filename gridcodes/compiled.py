@@ -116,12 +116,6 @@ class KernelReport:
     stack_bytes: int
     local_bytes: int
     sass: list[str] = field(repr=False)  # instruction lines
-    ptx: str = field(repr=False)
-
-    @property
-    def opcodes(self) -> Counter:
-        """Counts of full opcodes (with modifiers), e.g. ``LDG.E.128``."""
-        return Counter(line.split()[0] for line in self.sass)
 
     def matching(self, pattern: str) -> list[str]:
         """Instruction lines whose opcode matches the regular expression ``pattern``."""
@@ -167,5 +161,4 @@ def inspect_launch(launch: Launch, capability: int = 90) -> KernelReport:
         stack_bytes=number("STACK"),
         local_bytes=number("LOCAL"),
         sass=sass,
-        ptx=compiled.asm["ptx"],
     )

@@ -329,7 +329,7 @@ def _segmented_scan(value, start, CHUNK: tl.constexpr):
         add = (i >= (1 << s)) & ~begun
         value = tl.where(add, value + earlier, value)
         begun = begun | ((i >= (1 << s)) & earlier_begun)
-    return value, begun
+    return value
 
 
 @triton.jit
@@ -376,7 +376,7 @@ def grid_chunk_sum_kernel(
     dy_ptrs = dy_ptr + point_group[:, None] * (L * F) + level[:, None] * F + j[None, :]
     value = w[:, None] * tl.load(dy_ptrs, mask=live[:, None], other=0.0).to(COMPUTE)
     start_2d = tl.broadcast_to(starts[:, None], (CHUNK, F))
-    sums, _ = _segmented_scan(value, start_2d, CHUNK)
+    sums = _segmented_scan(value, start_2d, CHUNK)
     # begun[i]: the row at i started inside this chunk (at or before i).
     begun = tl.cumsum(starts.to(tl.int32), 0) > 0
     last = (tl.arange(0, CHUNK) == CHUNK - 1) | (pos == M - 1)

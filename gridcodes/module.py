@@ -99,6 +99,7 @@ class MultiResGrid(nn.Module):
         shape = (n_groups, self.config.n_entries, n_features)
         self.params = nn.Parameter(torch.empty(shape).uniform_(-1e-4, 1e-4))
         self.register_buffer("level_table", level_table(self.config), persistent=False)
+        self._coarse_rows = ops.coarse_rows(self.config.level_sizes)
 
     # --- geometry -------------------------------------------------------------------------
     @property
@@ -153,9 +154,8 @@ class MultiResGrid(nn.Module):
             self._check_triton_device(x)
             deterministic = self.deterministic or torch.are_deterministic_algorithms_enabled()
             smoothstep = c.interpolation == "smoothstep"
-            coarse = ops.coarse_rows(c.level_sizes)
             y = ops.grid_encode(
-                flat, self.params, self.level_table, smoothstep, deterministic, coarse
+                flat, self.params, self.level_table, smoothstep, deterministic, self._coarse_rows
             )
         else:
             y = grid_encode_reference(flat, self.params, c)

@@ -84,6 +84,7 @@ def _launch(kernel, grid: tuple, *args, num_warps: int = 4, **constants) -> None
 
 
 def _run(kernel, grid: tuple, args: tuple, kwargs: dict) -> None:
+    """The launch itself; ``gridcodes.compiled`` replaces it to record launches instead."""
     kernel[grid](*args, **kwargs)
 
 

@@ -64,8 +64,8 @@ def blur_separable(x: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
 
     The same filter, computed without a grouped convolution: the discriminator's gradient
     penalty differentiates it twice, and the double backward of a grouped convolution
-    loops over the groups (one convolution per channel: thousands per training step and,
-    measured on an H100 at batch 12, 256^2, ~10 s of a 10.5 s step).
+    loops over the groups, one convolution per channel: 1,822 of the 1,947 convolutions of
+    a training step on the CPU, and most of a 10.5 s step on an H100 (batch 12, 256^2).
     """
     taps = (1.0 / 8, 3.0 / 8, 3.0 / 8, 1.0 / 8)  # [1, 3, 3, 1] / 8 per axis
     x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))

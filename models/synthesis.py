@@ -61,8 +61,6 @@ class ModulatedConv2d(nn.Module):
         self.padding = kernel_size // 2
 
     def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cuda":
-            return self._forward_unfused(x, style)
         b, c_in, h, w = x.shape
         s = self.affine(style).view(b, 1, c_in, 1, 1)
         weight = self.scale * self.weight * s  # (B, out, in, k, k)
@@ -78,23 +76,6 @@ class ModulatedConv2d(nn.Module):
             return blur(out, pad=(1, 1), gain=4.0)
         out = F.conv2d(x, weight.reshape(b * c_out, c_in, k, k), padding=self.padding, groups=b)
         return out.view(b, c_out, h, w)
-
-    def _forward_unfused(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """The same map as one shared-weight convolution between two scalings (StyleGAN2-ADA's
-        ``fused_modconv=False``): conv(x * s, w) * d. On CUDA, cuDNN's grouped (per-sample
-        weight) transposed convolution is far slower than its plain one."""
-        s = self.affine(style)  # (B, in)
-        weight = self.scale * self.weight[0]  # (out, in, k, k)
-        x = x * s[:, :, None, None].to(x.dtype)
-        if self.upsample:
-            out = F.conv_transpose2d(x, weight.transpose(0, 1).to(x.dtype), stride=2)
-        else:
-            out = F.conv2d(x, weight.to(x.dtype), padding=self.padding)
-        if self.demodulate:
-            # d = 1 / |w * s| per sample and output channel, as the fused weight's norm.
-            norm = (weight.square().sum(dim=(2, 3))[None] * s.square()[:, None, :]).sum(-1)
-            out = out * torch.rsqrt(norm + 1e-8)[:, :, None, None].to(out.dtype)
-        return blur(out, pad=(1, 1), gain=4.0) if self.upsample else out
 
 
 class NoiseInjection(nn.Module):

@@ -245,17 +245,6 @@ def test_triton_backend_training_reduces_the_loss():
     assert sum(losses[-3:]) < sum(losses[:3]), losses
 
 
-@pytest.mark.parametrize("upsample", [False, True])
-def test_unfused_modulated_conv_equals_the_fused_one(upsample):
-    """The CUDA path (shared-weight conv between two scalings) is the same map as the fused one."""
-    from models.synthesis import ModulatedConv2d
-
-    torch.manual_seed(0)
-    conv = ModulatedConv2d(8, 6, 3, style_dim=5, upsample=upsample).double()
-    x, style = torch.randn(3, 8, 7, 7).double(), torch.randn(3, 5).double()
-    torch.testing.assert_close(conv._forward_unfused(x, style), conv(x, style))
-
-
 def test_separable_blur_equals_the_depthwise_one_and_double_backward_has_no_group_loop():
     from torch.profiler import profile
 
