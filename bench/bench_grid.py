@@ -1,16 +1,18 @@
-"""Benchmark of MultiResGrid: Triton kernels vs the eager reference vs torch.compile(reference).
+"""Benchmark of MultiResGrid: Triton kernels / the CPU backend vs the eager reference vs
+torch.compile(reference).
 
     python bench/bench_grid.py --all                # everything below, in one GPU command
     python bench/bench_grid.py --shapes brics --providers triton torch
     python bench/bench_grid.py --sweep              # tuning: block, warps, levels per program
-    python bench/bench_grid.py --device cpu --providers torch compile   # no GPU
+    python bench/bench_grid.py --device cpu         # no GPU: CPU backend vs eager reference
 
 Times forward, backward and forward+backward with ``triton.testing.do_bench`` (median
 and 20/80 % quantiles), rotating over several input sets so repeated runs do not just
 measure the cache, and reports ms, points/s and the fraction of the roofline bound that
 applies (``bench/roofline.py``: HBM and L2 bytes per pass over ceilings measured in the
 same run). Providers: ``triton`` (atomic table gradient), ``triton-det`` (deterministic),
-``torch`` (eager reference), ``compile`` (``torch.compile`` of the reference). Also
+``cpu`` (the CPU backend), ``torch`` (eager reference), ``compile`` (``torch.compile`` of
+the reference). On the CPU, shapes are capped at ``--max-points`` points. Also
 measures the extra device memory of one forward+backward of the BRICS shape at batch 1
 (one image). ``--all`` first runs the kernel-equivalence tests compiled on the GPU (more
 drawn examples than CI). Writes a JSON of every row (with GPU, versions, date and exact
@@ -23,7 +25,7 @@ import argparse
 import datetime
 import json
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import roofline
@@ -60,6 +62,22 @@ SHAPES = {
             grid_type="tiled",
         ),
     ),
+    "small64": Shape(
+        "small64",
+        "small-64 training step: 8 images x 32x32 tiled cells, 4 groups, d=3, "
+        "16 levels 4->32, F=4, T=2^14",
+        8 * 32 * 32,
+        dict(
+            in_dim=3,
+            n_groups=4,
+            n_levels=16,
+            n_features=4,
+            log2_table_size=14,
+            base_resolution=4,
+            max_resolution=32,
+            grid_type="tiled",
+        ),
+    ),
     "ngp": Shape(
         "ngp",
         "Instant-NGP: 2^20 points, 1 group, d=3, 16 levels 16->2048, F=2, hashed, T=2^19",
@@ -92,13 +110,14 @@ SHAPES = {
     ),
 }
 MODES = ("forward", "backward", "full")
-PROVIDERS = ("triton", "triton-det", "torch", "compile")
+PROVIDERS = ("triton", "triton-det", "cpu", "torch", "compile")
+DEFAULT_PROVIDERS = {"cuda": ("triton", "triton-det", "torch", "compile"), "cpu": ("cpu", "torch")}
 N_INPUT_SETS = 4
 
 
 def build(shape: Shape, provider: str, device: str, n_points: int | None = None):
     """Grid, lookup function and N_INPUT_SETS input sets for one provider."""
-    backend = "triton" if provider.startswith("triton") else "torch"
+    backend = "triton" if provider.startswith("triton") else provider.replace("compile", "torch")
     deterministic = provider == "triton-det"
     grid = MultiResGrid(**shape.grid, backend=backend, deterministic=deterministic).to(device)
     with torch.no_grad():
@@ -214,6 +233,8 @@ def environment(device: str) -> dict:
     }
     if device == "cuda":
         env["cuda"] = torch.version.cuda
+    else:
+        env["threads"] = torch.get_num_threads()
     return env
 
 
@@ -226,7 +247,8 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], extra: dict) -> st
         f"# MultiResGrid benchmark — {env['device']}",
         "",
         f"{env['date']}; torch {env['torch']}, triton {env['triton']}"
-        + (f", CUDA {env['cuda']}" if "cuda" in env else ""),
+        + (f", CUDA {env['cuda']}" if "cuda" in env else "")
+        + (f", {env['threads']} threads" if "threads" in env else ""),
     ]
     if ceilings := extra.get("ceilings"):
         lines += [
@@ -240,9 +262,9 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], extra: dict) -> st
         lines += ["", f"Kernel-equivalence tests compiled on this GPU: {tests['summary']}"]
     lines += [
         "",
-        "| shape | mode | provider | ms (median) | ms p20–p80 | Mpoints/s | bound | of bound "
-        "| vs eager | vs compile |",
-        "|---|---|---|---:|---:|---:|---|---:|---:|---:|",
+        "| shape | points | mode | provider | ms (median) | ms p20–p80 | Mpoints/s | bound "
+        "| of bound | vs eager | vs compile |",
+        "|---|---:|---|---|---:|---:|---:|---|---:|---:|---:|",
     ]
     index = {(r["shape"], r["mode"], r["provider"]): r for r in rows}
     for r in rows:
@@ -251,7 +273,7 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], extra: dict) -> st
         bound = f"{r['bound']} {r['bound_ms'] * 1e3:.0f} µs" if "bound" in r else "—"
         fraction = f"{r['fraction']:.0%}" if "fraction" in r else "—"
         lines.append(
-            f"| {r['shape']} | {r['mode']} | {r['provider']} | {r['ms']:.3f} | "
+            f"| {r['shape']} | {r['n_points']} | {r['mode']} | {r['provider']} | {r['ms']:.3f} | "
             f"{r['ms_p20']:.3f}–{r['ms_p80']:.3f} | {r['points_per_s'] / 1e6:.1f} | {bound} | "
             f"{fraction} | {_ratio(eager, r)} | {_ratio(comp, r)} |"
         )
@@ -377,15 +399,22 @@ def main() -> None:
         "--providers",
         nargs="+",
         choices=PROVIDERS,
-        default=list(PROVIDERS),
-        help="triton kernels (atomic / deterministic table gradient), eager reference (torch), "
-        "torch.compile(reference)",
+        default=None,
+        help="triton kernels (atomic / deterministic table gradient), the CPU backend (cpu), "
+        "eager reference (torch), torch.compile(reference); default: "
+        + "; ".join(f"{d}: {' '.join(p)}" for d, p in DEFAULT_PROVIDERS.items()),
     )
     parser.add_argument(
         "--device",
         choices=("cuda", "cpu"),
         default="cuda",
-        help="cpu runs only the reference providers",
+        help="cuda: Triton kernels and the reference; cpu: the CPU backend and the reference",
+    )
+    parser.add_argument(
+        "--max-points",
+        type=int,
+        default=None,
+        help="cap on each shape's points (default: none on cuda, 65536 on cpu)",
     )
     parser.add_argument(
         "--all",
@@ -407,8 +436,13 @@ def main() -> None:
         help="output stem (default: bench/results/grid_<device name>)",
     )
     args = parser.parse_args()
+    args.providers = args.providers or list(DEFAULT_PROVIDERS[args.device])
+    if args.max_points is None and args.device == "cpu":
+        args.max_points = 2**16
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("no CUDA device; use --device cpu --providers torch compile")
+        parser.error("no CUDA device; use --device cpu")
+    if args.device == "cuda" and "cpu" in args.providers:
+        parser.error("the cpu provider needs --device cpu")
     if args.device == "cpu" and any(p.startswith("triton") for p in args.providers):
         parser.error("the triton providers need --device cuda")
     if args.device == "cpu" and (args.all or args.sweep):
@@ -423,6 +457,8 @@ def main() -> None:
         print("ceilings GB/s:", extra["ceilings"])
     rows, memory = [], []
     for shape in (SHAPES[s] for s in args.shapes):
+        if args.max_points and shape.n_points > args.max_points:
+            shape = replace(shape, n_points=args.max_points)
         for provider in args.providers:
             grid, lookup, inputs = build(shape, provider, args.device)
             for mode in args.modes:

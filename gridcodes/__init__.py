@@ -1,8 +1,9 @@
 """gridcodes: fast multi-resolution feature grids for PyTorch.
 
 ``MultiResGrid`` holds groups of dense, tiled or hashed multi-resolution grids and
-looks points up in all groups at once, with Triton kernels on CUDA (or under
-``TRITON_INTERPRET=1``) and a pure-PyTorch reference everywhere else.
+looks points up in all groups at once: Triton kernels on CUDA (or under
+``TRITON_INTERPRET=1``), fused ATen ops on the CPU, and a pure-PyTorch reference that
+both are tested against.
 """
 
 from .levels import GridConfig, level_resolutions

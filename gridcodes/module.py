@@ -12,11 +12,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from . import ops, usage
+from . import cpu, ops, usage
 from .levels import GridConfig, level_table
 from .reference import compute_dtype, grid_encode_reference
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "cpu", "torch")
 INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 PARAM_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TRITON_MAX_IN_DIM = 4
@@ -54,10 +54,12 @@ class MultiResGrid(nn.Module):
         grid_type: ``"hash"`` (dense while r**d <= T, spatial hash beyond), ``"tiled"``
             (dense index modulo T) or ``"dense"``.
         interpolation: ``"linear"`` or ``"smoothstep"`` weights.
-        backend: ``"triton"``, ``"torch"`` (the pure-PyTorch reference) or ``"auto"``:
-            Triton for CUDA tensors when the configuration is supported, else the reference.
+        backend: ``"triton"`` (CUDA), ``"cpu"`` (fused ATen ops for CPU tensors), ``"torch"``
+            (the pure-PyTorch reference) or ``"auto"``: Triton for CUDA tensors when the
+            configuration is supported, ``"cpu"`` for CPU tensors, else the reference.
         deterministic: bitwise-reproducible table gradients on the Triton backend (slower);
-            also on while ``torch.use_deterministic_algorithms(True)`` is.
+            also on while ``torch.use_deterministic_algorithms(True)`` is. The ``"cpu"`` and
+            ``"torch"`` backends are always reproducible.
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class MultiResGrid(nn.Module):
         self.params = nn.Parameter(torch.empty(shape).uniform_(-1e-4, 1e-4))
         self.register_buffer("level_table", level_table(self.config), persistent=False)
         self._coarse_rows = ops.coarse_rows(self.config.level_sizes)
+        self._cpu_geometry: dict[tuple, cpu.Geometry] = {}
 
     # --- geometry -------------------------------------------------------------------------
     @property
@@ -128,6 +131,8 @@ class MultiResGrid(nn.Module):
         device = self.params.device if device is None else torch.device(device)
         if device.type == "cuda" and triton_unsupported(self.config) is None:
             return "triton"
+        if device.type == "cpu":
+            return "cpu"
         return "torch"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,7 +155,11 @@ class MultiResGrid(nn.Module):
         flat = x.reshape(-1, c.n_groups, c.in_dim)
         if self.backend == "auto" and x.device.type == "cuda":
             self._warn_reference_on_cuda()
-        if self.resolved_backend(x.device) == "triton":
+        backend = self.resolved_backend(x.device)
+        if backend == "cpu":
+            self._check_cpu_device(x)
+            y = cpu.grid_encode_cpu(flat, self.params, self._geometry(x.device))
+        elif backend == "triton":
             self._check_triton_device(x)
             deterministic = self.deterministic or torch.are_deterministic_algorithms_enabled()
             smoothstep = c.interpolation == "smoothstep"
@@ -160,6 +169,13 @@ class MultiResGrid(nn.Module):
         else:
             y = grid_encode_reference(flat, self.params, c)
         return y.reshape(*x.shape[:-2], c.n_groups, self.out_features)
+
+    def _geometry(self, device: torch.device) -> cpu.Geometry:
+        """The CPU backend's per-level constants, built once per device and dtype."""
+        key = (device, compute_dtype(self.params))
+        if key not in self._cpu_geometry:
+            self._cpu_geometry[key] = cpu.geometry(self.config, *key)
+        return self._cpu_geometry[key]
 
     def _warn_reference_on_cuda(self) -> None:
         """SPEC §1.2: no silent fallback. Once per grid, say why 'auto' is not using Triton."""
@@ -191,6 +207,13 @@ class MultiResGrid(nn.Module):
         if self.params.dtype not in PARAM_DTYPES:
             raise TypeError(
                 f"params must be floating point {PARAM_DTYPES}, got {self.params.dtype}"
+            )
+
+    def _check_cpu_device(self, x: torch.Tensor) -> None:
+        if x.device.type != "cpu":
+            raise ValueError(
+                f"backend='cpu' got tensors on {x.device}: it runs on CPU tensors; use "
+                "backend='triton' or 'auto' for CUDA, or 'torch' (the reference) anywhere"
             )
 
     def _check_triton_device(self, x: torch.Tensor) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Backends that run on DEVICE's tensors ("cpu" is for CPU tensors only).
+BACKENDS = ["torch", "triton"] + (["cpu"] if DEVICE == "cpu" else [])
 # The property tests' example budgets are sized for CI's 2 CPU cores running the kernels in
 # Triton's interpreter; raise this to test more drawn cases (e.g. on a GPU machine).
 EXAMPLES_SCALE = int(os.environ.get("GRIDCODES_EXAMPLES_SCALE", "1"))

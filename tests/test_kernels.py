@@ -97,10 +97,10 @@ def tolerances(grid_ref, x, dy, unit_roundoff):
     return tol_y, tol_params, tol_x
 
 
-def run_pair(case, dtype=torch.float32, x_dtype=None, deterministic=False):
-    """Forward + backward of the Triton and reference backends on one drawn case."""
+def run_pair(case, dtype=torch.float32, x_dtype=None, deterministic=False, backend="triton"):
+    """Forward + backward of ``backend`` and the reference on one drawn case."""
     torch.manual_seed(case["seed"])
-    grid = MultiResGrid(**case["config"], backend="triton", deterministic=deterministic)
+    grid = MultiResGrid(**case["config"], backend=backend, deterministic=deterministic)
     grid = grid.to(DEVICE, dtype)
     ref = MultiResGrid(**case["config"], backend="torch").to(DEVICE, dtype)
     with torch.no_grad():
@@ -124,8 +124,8 @@ def run_pair(case, dtype=torch.float32, x_dtype=None, deterministic=False):
     )
 
 
-def check_pair(case, dtype=torch.float32, x_dtype=None, deterministic=False):
-    _, ref, x, dy, tri, expected = run_pair(case, dtype, x_dtype, deterministic)
+def check_pair(case, dtype=torch.float32, x_dtype=None, deterministic=False, backend="triton"):
+    _, ref, x, dy, tri, expected = run_pair(case, dtype, x_dtype, deterministic, backend)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     u = torch.finfo(compute).eps / 2
     # The bounds are computed in the compute dtype so they see the same cells.

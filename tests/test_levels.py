@@ -7,9 +7,7 @@ import torch
 
 from gridcodes import GridConfig, MultiResGrid, level_resolutions
 from gridcodes.levels import level_table
-from tests.helpers import DEVICE
-
-BACKENDS = ["torch", "triton"]
+from tests.helpers import BACKENDS, DEVICE
 
 
 def test_resolutions_follow_the_geometric_rule():

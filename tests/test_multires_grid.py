@@ -6,9 +6,7 @@ import pytest
 import torch
 
 from gridcodes import MultiResGrid, ops
-from tests.helpers import DEVICE
-
-BACKENDS = ["torch", "triton"]
+from tests.helpers import BACKENDS, DEVICE
 
 
 def small_grid(**kwargs) -> MultiResGrid:
@@ -98,9 +96,10 @@ def test_batch_shapes(backend, batch_shape):
 def test_backend_selection_is_visible():
     auto = small_grid()
     assert "backend='auto'" in repr(auto)
-    expected = "triton" if DEVICE == "cuda" else "torch"
+    expected = "triton" if DEVICE == "cuda" else "cpu"
     assert auto.resolved_backend() == expected
-    assert auto.resolved_backend("cpu") == "torch"
+    assert auto.resolved_backend("cpu") == "cpu"
+    assert "-> 'cpu'" in repr(small_grid().cpu())
     assert small_grid(backend="torch").resolved_backend("cuda") == "torch"
     # auto keeps the reference for what the kernels do not support, and says so.
     wide = MultiResGrid(5, n_levels=2, max_resolution=8)
@@ -256,7 +255,7 @@ def test_auto_warns_once_when_cuda_would_fall_back_to_the_reference():
         supported._warn_reference_on_cuda()
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
 def test_lookup_is_excluded_from_autocast(backend, x_dtype):
     """Under autocast the output keeps the table's dtype and equals the lookup without it."""

@@ -1,0 +1,115 @@
+"""The CPU backend against the PyTorch reference: the Triton kernels' property tests and
+tolerances (``tests/test_kernels.py``), run on ``backend="cpu"``.
+
+Both sides compute ``x * (r - 1)`` and ``floor`` in the same dtype, so they read the same
+cells and differ only by the order of floating-point operations, which the same per-element
+bounds cover.
+"""
+
+import pytest
+import torch
+from hypothesis import example, given, note, settings
+from hypothesis import strategies as st
+
+from gridcodes import MultiResGrid, cpu
+from tests.helpers import DEVICE, examples
+from tests.test_kernels import BRICS_DEFAULT, NGP_LIKE, check_pair, grid_cases, run_pair
+
+pytestmark = pytest.mark.skipif(DEVICE != "cpu", reason="the CPU backend runs on CPU tensors")
+
+
+@settings(max_examples=examples(60))
+@given(case=grid_cases())
+@example(case={"config": BRICS_DEFAULT, "n_points": 129, "special_fraction": 0.05, "seed": 0})
+@example(case={"config": NGP_LIKE, "n_points": 341, "special_fraction": 0.3, "seed": 1})
+def test_cpu_matches_reference_float32(case):
+    note(repr(case))
+    check_pair(case, backend="cpu")
+
+
+@settings(max_examples=examples(20))
+@given(case=grid_cases())
+def test_cpu_matches_reference_float64(case):
+    note(repr(case))
+    check_pair(case, dtype=torch.float64, backend="cpu")
+
+
+@settings(max_examples=examples(15))
+@given(case=grid_cases(), dtype=st.sampled_from([torch.float16, torch.bfloat16]))
+def test_cpu_half_precision_table(case, dtype):
+    note(repr(case))
+    check_pair(case, dtype=dtype, x_dtype=torch.float32, backend="cpu")
+
+
+@settings(max_examples=examples(15))
+@given(case=grid_cases(), x_dtype=st.sampled_from([torch.float16, torch.bfloat16]))
+def test_cpu_half_precision_coordinates(case, x_dtype):
+    note(repr(case))
+    check_pair(case, dtype=torch.float32, x_dtype=x_dtype, backend="cpu")
+
+
+@settings(max_examples=2)
+@given(in_dim=st.sampled_from([5, 7]))
+def test_cpu_matches_reference_beyond_the_triton_dimensions(in_dim):
+    """in_dim 5..7 and n_features outside {1, 2, 4, 8}: the reference's whole domain."""
+    config = dict(
+        in_dim=in_dim,
+        n_groups=2,
+        n_levels=3,
+        n_features=3,
+        log2_table_size=9,
+        base_resolution=2,
+        max_resolution=5,
+        grid_type="hash",
+        interpolation="smoothstep",
+    )
+    check_pair(
+        {"config": config, "n_points": 50, "special_fraction": 0.05, "seed": 4}, backend="cpu"
+    )
+
+
+@settings(max_examples=2)
+@given(chunk=st.sampled_from([1, 2**10]))
+def test_many_chunks_match_the_reference(chunk):
+    """Points are processed in chunks of CHUNK_CONTRIBUTIONS (at least one point each); the
+    table gradient accumulates over chunks."""
+    case = {"config": BRICS_DEFAULT, "n_points": 77, "special_fraction": 0.05, "seed": 2}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "CHUNK_CONTRIBUTIONS", chunk)
+        check_pair(case, backend="cpu")
+
+
+def test_gradients_are_bitwise_reproducible():
+    """The table gradient's scatter runs on worker threads; each feature on one thread, in
+    order, so two runs agree bit for bit."""
+    case = {"config": NGP_LIKE, "n_points": 341, "special_fraction": 0.0, "seed": 5}
+    first, second = (run_pair(case, backend="cpu")[4] for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_gradcheck_float64():
+    grid = MultiResGrid(
+        3,
+        n_groups=2,
+        n_levels=3,
+        n_features=2,
+        log2_table_size=6,
+        base_resolution=2,
+        max_resolution=9,
+        grid_type="hash",
+        interpolation="smoothstep",
+        backend="cpu",
+    ).double()
+    with torch.no_grad():
+        grid.params.normal_()
+    x = torch.rand(9, 2, 3, dtype=torch.float64) * 0.9 + 0.05
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, _: grid(x), (x, grid.params))
+
+
+def test_cuda_tensors_are_refused_with_a_clear_message():
+    grid = MultiResGrid(2, n_levels=2, max_resolution=8, backend="cpu")
+    x = torch.rand(4, 1, 2, device="meta")
+    grid.to("meta")
+    with pytest.raises(ValueError, match="backend='cpu' got tensors on meta"):
+        grid(x)
