@@ -45,6 +45,7 @@ class Geometry:
     corner_offsets: torch.Tensor  # int64 (C, L, 1, 1): sum_k b_k strides_k
     mask: torch.Tensor  # int64 (L, 1, 1)
     row_offset: torch.Tensor  # int64 (L, 1, G): g * n_entries + offsets[l]
+    wrapped: tuple[int, ...]  # levels whose dense index is reduced mod T (tiled)
     hashed: tuple[int, ...]  # levels whose corners are XOR-combined
     smoothstep: bool
 
@@ -64,6 +65,11 @@ def geometry(config: GridConfig, device, dtype: torch.dtype) -> Geometry:
         corner_offsets=(bits @ strides.T)[:, :, None, None].contiguous(),
         mask=table[:, META_MASK, None, None],
         row_offset=(table[:, META_OFFSET, None] + group)[:, None, :],
+        wrapped=tuple(
+            level
+            for level in range(config.n_levels)
+            if config.is_wrapped(level) and config.grid_type != "hash"
+        ),
         hashed=tuple(torch.nonzero(table[:, META_USE_HASH]).flatten().tolist()),
         smoothstep=config.interpolation == "smoothstep",
     )
@@ -104,13 +110,15 @@ def _base_rows(i: torch.Tensor, geo: Geometry) -> torch.Tensor:
 
 def _rows(i: torch.Tensor, geo: Geometry) -> torch.Tensor:
     """Flat rows of ``params.view(-1, F)`` read by every corner: int64 (C, L, n, G)."""
-    rows = _base_rows(i, geo) + geo.corner_offsets
-    rows &= geo.mask
+    rows = (_base_rows(i, geo) + geo.row_offset) + geo.corner_offsets
+    for level in geo.wrapped:  # (dense index) mod T, with the level's own row offset
+        offset = geo.row_offset[level]
+        rows[:, level] = ((rows[:, level] - offset) & geo.mask[level]) + offset
     for level in geo.hashed:  # XOR over the axes of (c_k * pi_k) mod 2**32
         vertex = torch.stack((i[:, level], i[:, level] + 1), dim=1)  # (d, 2, n, G)
         terms = (vertex * geo.strides[:, level, None]) & UINT32
-        rows[:, level] = _corner_products(list(terms), torch.bitwise_xor) & geo.mask[level]
-    rows += geo.row_offset
+        hashed = _corner_products(list(terms), torch.bitwise_xor) & geo.mask[level]
+        rows[:, level] = hashed + geo.row_offset[level]
     return rows
 
 
