@@ -12,7 +12,6 @@ checkpoint there. SIGTERM / SIGINT save a checkpoint and exit cleanly.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -37,9 +36,9 @@ from models.losses import resolve_perceptual_loss
 from models.recipes import ae_recipe
 from train.core.data import build_dataset
 from train.core.evaluation import evaluate_autoencoder, save_reconstruction_grid, write_metrics
-from train.core.loop import Stage, lr_factor, make_accelerator, train
+from train.core.loop import Stage, launch, lr_factor, make_accelerator
 from train.core.metrics import try_lpips
-from train.core.options import RunOptions, option, parse_options, to_dict
+from train.core.options import RunOptions, option, parse_options
 
 logger = logging.getLogger("train.ae")
 
@@ -177,14 +176,8 @@ class AutoencoderStage(Stage):
 def main(argv: list[str] | None = None) -> int:
     options, dry_run = parse_options(AEOptions, __doc__.split("\n\n")[0], argv)
     options = options.with_recipe(ae_recipe(options.preset))
-    if dry_run:
-        model = options.model_config().to_dict()
-        resolved = {"options": to_dict(options), "learning_rate": options.lr, "model": model}
-        print(json.dumps(resolved, indent=2))
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    train(AutoencoderStage(options))
-    return 0
+    resolved = {"learning_rate": options.lr, "model": options.model_config().to_dict()}
+    return launch(AutoencoderStage, options, dry_run, resolved)
 
 
 if __name__ == "__main__":

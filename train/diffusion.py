@@ -11,8 +11,6 @@ TensorBoard logs and crash-safe checkpoints; resumes from the latest checkpoint.
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +29,8 @@ from models.unet import UNet, unet_config_for_codes
 from train.core import checkpoint
 from train.core.codes import CodeDataset, load_or_encode
 from train.core.evaluation import save_image_grid
-from train.core.loop import EMA, Stage, lr_factor, make_accelerator, train
-from train.core.options import RunOptions, option, parse_options, to_dict
+from train.core.loop import EMA, Stage, launch, lr_factor, make_accelerator
+from train.core.options import RunOptions, option, parse_options
 
 
 @dataclass(frozen=True)
@@ -150,12 +148,7 @@ class DiffusionStage(Stage):
 
 def main(argv: list[str] | None = None) -> int:
     options, dry_run = parse_options(DiffusionOptions, __doc__.split("\n\n")[0], argv)
-    if dry_run:
-        print(json.dumps({"options": to_dict(options), "warmup_steps": options.warmup}, indent=2))
-        return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    train(DiffusionStage(options))
-    return 0
+    return launch(DiffusionStage, options, dry_run, {"warmup_steps": options.warmup})
 
 
 if __name__ == "__main__":

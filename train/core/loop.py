@@ -130,6 +130,16 @@ def make_accelerator(options: RunOptions) -> Accelerator:
     return accelerator
 
 
+def launch(stage_class: type[Stage], options: RunOptions, dry_run: bool, resolved: dict) -> int:
+    """An entry point's end: print the resolved options (``--dry-run``) or train the stage."""
+    if dry_run:
+        print(json.dumps({"options": to_dict(options), **resolved}, indent=2))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    train(stage_class(options))
+    return 0
+
+
 def train(stage: Stage) -> None:
     """Run ``stage`` from its latest checkpoint (or from scratch) to ``max_steps``."""
     acc, options = stage.accelerator, stage.options
