@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ of this checkout
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -49,15 +52,14 @@ def brics_row(name: str) -> dict:
     interpolation = (
         config.tile_size**2 * config.n_groups * 2**d * config.n_features * config.n_levels
     )
-    decoder_params = sum(p.numel() for p in model.decoder.parameters())
-    mlp_params = sum(p.numel() for p in model.retrieval.mlp.parameters())
+    params = model.parameter_counts()
     return {
         "model": f"BRICS {name}",
         "resolution": config.image_size,
         "gmacs": (conv_macs + interpolation) / 1e9,
         "grid_interpolation_gmacs": interpolation / 1e9,
-        "decoder_params_m": (decoder_params + mlp_params) / 1e6,
-        "grid_params_m": model.retrieval.grids.params.numel() / 1e6,
+        "decoder_params_m": (params["decoder"] + params["mlp"]) / 1e6,
+        "grid_params_m": params["grids"] / 1e6,
     }
 
 

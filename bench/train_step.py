@@ -21,8 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ of this checkout
 
 import torch
 import torch.nn.functional as F

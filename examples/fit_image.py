@@ -11,8 +11,10 @@ reconstruction beside the original as a PNG.
 from __future__ import annotations
 
 import argparse
-import math
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train/ of this checkout
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from gridcodes import MultiResGrid
+from train.core.metrics import psnr
 
 
 def load_image(path: str | None) -> torch.Tensor:
@@ -40,11 +43,6 @@ def pixel_coords(height: int, width: int) -> torch.Tensor:
     xs = (torch.arange(width) + 0.5) / width
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
     return grid.reshape(-1, 1, 2)
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """PSNR in dB for images in [0, 1] (data range 1)."""
-    return -10 * math.log10(torch.mean((pred.clamp(0, 1) - target) ** 2).item())
 
 
 def main() -> None:
@@ -100,12 +98,14 @@ def main() -> None:
         optimizer.step()
         progress.set_postfix(mse=f"{loss.item():.2e}")
         if (step + 1) % max(1, args.steps // 5) == 0:
-            tqdm.write(f"step {step + 1}: PSNR {psnr(render(), image):.2f} dB")
+            score = psnr(render()[None], image[None], (0, 1)).item()
+            tqdm.write(f"step {step + 1}: PSNR {score:.2f} dB")
 
     result = render()
     side_by_side = torch.cat([image, result.clamp(0, 1)], dim=1)
     Image.fromarray((side_by_side * 255).round().byte().cpu().numpy()).save(args.out)
-    print(f"PSNR {psnr(result, image):.2f} dB (data range 1); wrote {args.out}")
+    score = psnr(result[None], image[None], (0, 1)).item()
+    print(f"PSNR {score:.2f} dB (data range 1); wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -14,12 +14,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Columns of a level-table row; must match gridcodes.levels.level_table.
-_RESOLUTION = tl.constexpr(0)
-_OFFSET = tl.constexpr(1)
-_USE_HASH = tl.constexpr(2)
-_MASK = tl.constexpr(3)
-_STRIDES = tl.constexpr(4)
+from . import levels
+
+# Columns of a level-table row (gridcodes.levels.level_table).
+_RESOLUTION = tl.constexpr(levels.META_RESOLUTION)
+_OFFSET = tl.constexpr(levels.META_OFFSET)
+_USE_HASH = tl.constexpr(levels.META_USE_HASH)
+_MASK = tl.constexpr(levels.META_MASK)
+_STRIDES = tl.constexpr(levels.META_STRIDES)
 
 
 @triton.jit

@@ -85,6 +85,29 @@ class BRICSAutoencoder(PretrainedMixin, nn.Module):
         z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if self.training else mean
         return torch.sigmoid(z), mean, logvar
 
+    # --- statistics (App. E, SPEC §4) ----------------------------------------------------
+    def grid_hit_counts(
+        self, key_codes: torch.Tensor, counts: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-entry hits of the grid queries of key codes (B, Cz, Hz, Wz) in [0, 1], in the
+        current mode: int64 (Nh, entries). Pass ``counts`` back in to accumulate batches."""
+        self._check_key_codes(key_codes)
+        return self.retrieval.grids.hit_counts(self.retrieval.queries(key_codes), counts)
+
+    def grid_usage_rate(self, counts: torch.Tensor) -> torch.Tensor:
+        """Usage rate (App. E): fraction of each level's entries hit, (Nh, Nr), in [0, 1]."""
+        return self.retrieval.grids.usage_rate(counts)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters of the encoder, the grids, the retrieval MLP and the decoder."""
+        count = lambda module: sum(p.numel() for p in module.parameters())
+        return {
+            "encoder": count(self.encoder),
+            "grids": self.retrieval.grids.params.numel(),
+            "mlp": count(self.retrieval.mlp),
+            "decoder": count(self.decoder),
+        }
+
     # --- input checks -------------------------------------------------------------------
     def _check_images(self, images: torch.Tensor) -> None:
         size = self.config.image_size

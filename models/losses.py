@@ -8,18 +8,18 @@ Perceptual: LPIPS (the paper) or an L1 distance of VGG16 features (the authors' 
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import ALEXNET_URL, VGG16_URL, imagenet_normalize, require_backbone_weights
+
 PERCEPTUAL = ("lpips", "vgg", "none")
 GAN_LOSSES = ("wgan-gp", "nonsaturating-r1")
-VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
-ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 
 
 @dataclass(frozen=True)
@@ -43,24 +43,6 @@ class LossConfig:
             raise ValueError(f"gan must be one of {GAN_LOSSES}, got {self.gan!r}")
         if self.r1_interval < 1:
             raise ValueError(f"r1_interval must be >= 1, got {self.r1_interval}")
-
-
-# --- pretrained backbones ------------------------------------------------------------------
-def backbone_weights_path(url: str) -> Path:
-    """Where torchvision caches the weights at ``url`` (``$TORCH_HOME/hub/checkpoints``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-
-
-def require_backbone_weights(url: str, what: str) -> Path:
-    """The cached weights file of ``url``; raises FileNotFoundError naming it when absent."""
-    path = backbone_weights_path(url)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{what} needs pretrained weights at {path}, which is missing. Download {url} "
-            f"to that path (or set TORCH_HOME to a folder that has hub/checkpoints/{path.name}); "
-            "or train without it (--perceptual none / auto)."
-        )
-    return path
 
 
 class LPIPSLoss(nn.Module):
@@ -104,12 +86,10 @@ class VGGFeatureLoss(nn.Module):
                 strict=False,
             )
         self.features = features.eval()
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
         self.requires_grad_(False)
 
     def _activations(self, x: torch.Tensor) -> list[torch.Tensor]:
-        h = ((x + 1) / 2 - self.mean) / self.std
+        h = imagenet_normalize((x + 1) / 2)
         out = []
         for index, layer in enumerate(self.features):
             h = layer(h)
@@ -219,3 +199,15 @@ def discriminator_loss(
             # Lazy regularisation: scale by the interval so the average weight stays gamma / 2.
             total = total + config.r1_gamma / 2 * config.r1_interval * terms["r1"]
     return total, terms
+
+
+def resolve_perceptual_loss(kind: str) -> tuple[str, nn.Module | None]:
+    """``(kind, module)`` of ``build_perceptual_loss``; ``auto`` is LPIPS when its weights are
+    cached, else none with a warning (SPEC §4: a term is dropped only when told to)."""
+    if kind != "auto":
+        return kind, build_perceptual_loss(kind)
+    try:
+        return "lpips", build_perceptual_loss("lpips")
+    except FileNotFoundError as error:
+        logging.getLogger(__name__).warning("training without a perceptual loss: %s", error)
+        return "none", None

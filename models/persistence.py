@@ -40,6 +40,25 @@ class ConfigMixin:
         ]
 
 
+def is_saved_model(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a model written by ``save_pretrained``."""
+    directory = Path(directory)
+    return (directory / CONFIG_FILE).is_file() and (directory / WEIGHTS_FILE).is_file()
+
+
+def model_files(directory: str | Path) -> tuple[Path, Path]:
+    """The config and weights files of a ``save_pretrained`` folder."""
+    return Path(directory) / CONFIG_FILE, Path(directory) / WEIGHTS_FILE
+
+
+def load_config(directory: str | Path, config_class: type):
+    """The ``config_class`` instance saved in a ``save_pretrained`` folder."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    return config_class.from_dict(json.loads(path.read_text()))
+
+
 class PretrainedMixin:
     """``save_pretrained`` / ``from_pretrained`` for modules built from ``self.config``.
 
@@ -57,14 +76,17 @@ class PretrainedMixin:
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": type(self).__name__})
 
     @classmethod
+    def load_config(cls, directory: str | Path):
+        """The config of a model written by :meth:`save_pretrained` in ``directory``."""
+        return load_config(directory, cls.config_class)
+
+    @classmethod
     def from_pretrained(
         cls, directory: str | Path, config=None, device: torch.device | str = "cpu", **kwargs
     ):
         """Load a model written by :meth:`save_pretrained`; ``config``, if given, must match."""
         directory = Path(directory)
-        if not (directory / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{directory / CONFIG_FILE} does not exist")
-        saved = cls.config_class.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+        saved = cls.load_config(directory)
         if config is not None and config != saved:
             raise ValueError(
                 f"checkpoint {directory} was saved with a different config: "

@@ -201,3 +201,12 @@ class UNet(PretrainedMixin, nn.Module):
         for block in self.up:
             h = self._run(block, torch.cat([h, hs.pop()], dim=1), emb)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def unet_config_for_codes(name: str, code_channels: int, code_size: int) -> UNetConfig:
+    """The UNet preset ``name`` for key codes (Cz, Hz, Hz): channels and size from the codes,
+    attention only at feature-map sizes the codes have."""
+    attention = tuple(s for s in get_unet_preset(name).attention_sizes if s <= code_size)
+    return get_unet_preset(
+        name, code_channels=code_channels, code_size=code_size, attention_sizes=attention
+    )

@@ -1,7 +1,5 @@
 """BRICS autoencoder: presets, shapes, key codes, relaxed precision, gradients, persistence."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +7,7 @@ import torch.nn.functional as F
 from models import PRESETS, BRICSAutoencoder, BRICSConfig, build_optimizers, get_preset
 from models.retrieval import combined_key_code, tile
 from tests.helpers import DEVICE
+from train.core.metrics import psnr
 
 TINY = get_preset("tiny-32")
 
@@ -23,9 +22,9 @@ def photo_patches(size: int = 32, count: int = 4) -> torch.Tensor:
     return torch.stack(patches)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in [-1, 1] (data range 2)."""
-    return -10 * math.log10(((a.clamp(-1, 1) - b) / 2).square().mean().item())
+def batch_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of a batch of images in [-1, 1], taken as one image."""
+    return psnr(a.reshape(1, -1), b.reshape(1, -1)).item()
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -219,7 +218,7 @@ def overfit(backend: str, steps: int) -> tuple[float, float, list[float]]:
     optimizer, _ = build_optimizers(model, None)
     images = photo_patches().to(DEVICE)
     with torch.no_grad():
-        before = psnr(model.eval()(images).reconstruction, images)
+        before = batch_psnr(model.eval()(images).reconstruction, images)
     model.train()
     losses = []
     for _ in range(steps):
@@ -229,7 +228,7 @@ def overfit(backend: str, steps: int) -> tuple[float, float, list[float]]:
         optimizer.step()
         losses.append(loss.item())
     with torch.no_grad():
-        after = psnr(model.eval()(images).reconstruction, images)
+        after = batch_psnr(model.eval()(images).reconstruction, images)
     return before, after, losses
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from train.data import (
+from train.core.data import (
     TRAIN_PHOTOS,
     VALIDATION_PHOTOS,
     EmbeddedPhotos,

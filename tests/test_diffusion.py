@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from models.diffusion import KeyCodeDiffusion, codes_to_data, data_to_codes, diffuse
 from models.samplers import SAMPLERS, ddim_sample, sample
 from models.schedules import ChenCosineSchedule, CosineSchedule, get_schedule, loss_weight, snr
 from models.unet import UNET_PRESETS, UNet, get_unet_preset
@@ -135,14 +136,51 @@ def test_loss_falls_on_a_toy_code_set():
         .contiguous()
     )
     optimizer = torch.optim.AdamW(unet.parameters(), lr=2e-3)
+    diffusion = KeyCodeDiffusion(unet, schedule)
     losses = []
     for _ in range(60):
-        t = torch.rand(8)
-        gamma = schedule.gamma(t).view(-1, 1, 1, 1)
-        noise = torch.randn_like(codes)
-        loss = (unet(gamma.sqrt() * codes + (1 - gamma).sqrt() * noise, t) - noise).square().mean()
+        loss = diffusion.loss(codes)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10, losses
+
+
+def test_forward_process_and_code_mapping():
+    schedule = CosineSchedule()
+    x0, noise = torch.full((2, 1, 2, 2), 0.5), torch.full((2, 1, 2, 2), -1.0)
+    t = torch.tensor([0.0, 0.5])
+    x_t = diffuse(schedule, x0, t, noise)
+    gamma = schedule.gamma(t)
+    for i in range(2):  # x_t = sqrt(gamma) x_0 + sqrt(1 - gamma) eps
+        expected = gamma[i].sqrt() * 0.5 - (1 - gamma[i]).sqrt()
+        torch.testing.assert_close(x_t[i], torch.full((1, 2, 2), expected.item()))
+    z = torch.tensor([0.0, 0.25, 1.0])
+    assert torch.equal(codes_to_data(z), torch.tensor([-1.0, -0.5, 1.0]))
+    assert torch.equal(data_to_codes(torch.tensor([-3.0, -0.5, 2.0])), torch.tensor([0, 0.25, 1]))
+
+
+class RecordingModel:
+    """Predicts zeros and records the (x_t, t) it is called with."""
+
+    def __call__(self, x, t):
+        self.x_t, self.t = x, t
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: s.name)
+def test_loss_is_the_weighted_noise_prediction_error(schedule):
+    # With a zero prediction the per-sample error is mean(eps^2); eps is recovered from x_t.
+    torch.manual_seed(0)
+    model, x0 = (
+        RecordingModel(),
+        torch.randn(64, 2, 4, 4, generator=torch.Generator().manual_seed(0)),
+    )
+    loss = KeyCodeDiffusion(model, schedule).loss(x0)
+    gamma = schedule.gamma(model.t).view(-1, 1, 1, 1)
+    noise = (model.x_t - gamma.sqrt() * x0) / (1 - gamma).sqrt()
+    per_sample = noise.square().flatten(1).mean(dim=1)
+    expected = (loss_weight(schedule, gamma.flatten()) * per_sample).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-4, atol=0)
+    assert model.t.shape == (64,) and ((model.t >= 0) & (model.t < 1)).all()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from train import gen_metrics
+from train.core import gen_metrics
 from train.eval_gen import build_extractors
 
 

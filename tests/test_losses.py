@@ -5,11 +5,11 @@ import torch
 from torch import nn
 
 from models import AutoencoderOutput, Discriminator, LossConfig, discriminator_loss, generator_loss
+from models.backbones import backbone_weights_path
 from models.discriminator import minibatch_stddev
 from models.losses import (
     LPIPSLoss,
     VGGFeatureLoss,
-    backbone_weights_path,
     build_perceptual_loss,
     gradient_penalty,
     kl_loss,

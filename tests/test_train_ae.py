@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import run_script
-from train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from train.core.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
 ROOT = Path(__file__).parents[1]
 SCRIPT = ROOT / "train" / "ae.py"
@@ -216,3 +216,30 @@ def test_resuming_with_another_model_names_the_field(tmp_path):
     run(tmp_path, "--max-steps", "1", "--eval-every", "100", "--save-every", "1")
     result = run(tmp_path, "--max-steps", "2", "--log2-table-size", "10", check=False)
     assert result.returncode != 0 and "log2_table_size: 10 != 12" in result.stderr
+
+
+def test_checkpoint_from_before_the_global_batch_resumes_or_names_the_change(tmp_path):
+    # Checkpoints without "run_format" counted --batch-size per process and micro-step.
+    run(tmp_path, "--max-steps", "2", "--eval-every", "100", "--save-every", "2")
+    options_file = latest_checkpoint(tmp_path) / "options.json"
+    saved = json.loads(options_file.read_text())
+    assert saved["run_format"] == 2 and saved["batch_size"] == 4
+    del saved["run_format"]
+    options_file.write_text(json.dumps(saved))  # as written before: 4 per process, 1 process
+    resumed = run(tmp_path, "--max-steps", "3", "--eval-every", "100", "--save-every", "3")
+    assert "resumed from" in resumed.stderr and "at step 2" in resumed.stderr
+    options_file = latest_checkpoint(tmp_path) / "options.json"
+    saved = json.loads(options_file.read_text())
+    del saved["run_format"]
+    saved["batch_size"] = 2  # an old run of 2 images per process: 2 per step, not 4
+    options_file.write_text(json.dumps(saved))
+    result = run(tmp_path, "--max-steps", "4", check=False)
+    assert result.returncode != 0
+    assert "resume with --batch-size 2 (got 4)" in result.stderr
+
+
+def test_batch_size_is_per_optimizer_step_and_must_split_over_processes(tmp_path):
+    result = run(
+        tmp_path, "--max-steps", "1", "--batch-size", "3", "--grad-accum", "2", check=False
+    )
+    assert result.returncode != 0 and "--batch-size 3" in result.stderr

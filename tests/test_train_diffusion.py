@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 
 from models import BRICSAutoencoder, get_preset
 from tests.helpers import run_script
-from train.checkpoint import latest_checkpoint, load_checkpoint
-from train.codes import load_or_encode
+from train.core.checkpoint import latest_checkpoint, load_checkpoint
+from train.core.codes import load_or_encode
 
 ROOT = Path(__file__).parents[1]
 AE_FAST = [

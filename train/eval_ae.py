@@ -15,11 +15,13 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ and train/ of this checkout
+
 from models import BRICSAutoencoder
-from train.checkpoint import find_autoencoder
-from train.data import build_dataset
-from train.evaluation import evaluate_autoencoder, save_reconstruction_grid
-from train.options import add_device_arguments
+from train.core.checkpoint import find_autoencoder
+from train.core.data import build_dataset
+from train.core.evaluation import evaluate_autoencoder, save_reconstruction_grid
+from train.core.options import add_device_arguments
 
 
 def main(argv: list[str] | None = None) -> int:

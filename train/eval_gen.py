@@ -15,15 +15,17 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ and train/ of this checkout
+
 import numpy as np
 import torch
 from PIL import Image
 
 from models.losses import LPIPSLoss
-from train import gen_metrics
-from train.data import IMAGE_EXTENSIONS, build_dataset
-from train.evaluation import save_image_grid
-from train.options import add_device_arguments
+from train.core import gen_metrics
+from train.core.data import IMAGE_EXTENSIONS, build_dataset
+from train.core.evaluation import save_image_grid
+from train.core.options import add_device_arguments
 
 METRICS = ("fid", "clip-fid", "is", "precision-recall", "neighbours")
 

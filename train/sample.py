@@ -12,21 +12,24 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ and train/ of this checkout
+
 from PIL import Image
 
 from models import BRICSAutoencoder
+from models.diffusion import KeyCodePipeline
+from models.persistence import is_saved_model
 from models.samplers import SAMPLERS
 from models.schedules import get_schedule
 from models.unet import UNet
-from train.checkpoint import find_autoencoder, latest_checkpoint
-from train.diffusion import decode_samples
-from train.evaluation import save_image_grid
-from train.metrics import to_unit
-from train.options import add_device_arguments
+from train.core.checkpoint import find_autoencoder, latest_checkpoint
+from train.core.evaluation import save_image_grid
+from train.core.metrics import to_unit
+from train.core.options import add_device_arguments
 
 
 def find_diffusion_checkpoint(path: Path) -> Path:
-    if (path / "ema" / "config.json").is_file():
+    if is_saved_model(path / "ema"):
         return path
     latest = latest_checkpoint(path)
     if latest is None:
@@ -82,18 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             f"the autoencoder's codes {autoencoder.config.code_channels}x"
             f"{autoencoder.config.code_size}^2 do not match the UNet's"
         )
-    images = decode_samples(
-        unet,
-        autoencoder,
-        get_schedule(options["schedule"]),
-        args.n,
-        args.sampler,
-        args.steps,
-        args.seed,
-        args.device,
-        args.eta,
-        args.batch_size,
-    )
+    pipeline = KeyCodePipeline(unet, autoencoder, get_schedule(options["schedule"]))
+    images = pipeline.sample(args.n, args.sampler, args.steps, args.seed, args.eta, args.batch_size)
     out = args.out or ckpt.parent.parent / f"samples_{args.sampler}_{args.steps}_seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(to_unit(images)):

@@ -20,7 +20,9 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from models import BRICSAutoencoder
-from train.data import build_dataset
+from models.diffusion import codes_to_data
+from models.persistence import model_files
+from train.core.data import FlippableDataset, build_dataset
 
 logger = logging.getLogger(__name__)
 FORMAT = "brics-codes/1"
@@ -29,8 +31,8 @@ FORMAT = "brics-codes/1"
 def fingerprint(model_dir: Path, data: str, split: str) -> str:
     """SHA-256 over the autoencoder's config and weights and the dataset's identity."""
     digest = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        with open(Path(model_dir) / name, "rb") as f:
+    for path in model_files(model_dir):
+        with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     source = data if data == "embedded" else str(Path(data).resolve())
@@ -87,3 +89,16 @@ def load_or_encode(
     save_file({"codes": codes.contiguous()}, str(temporary), metadata)
     temporary.replace(cache)
     return codes
+
+
+class CodeDataset(FlippableDataset):
+    """Cached key codes (N, Cz, Hz, Wz) in [0, 1] served as diffusion data 2z - 1 in [-1, 1]."""
+
+    def __init__(self, codes: torch.Tensor) -> None:
+        self.codes = codes
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def load(self, index: int) -> torch.Tensor:
+        return codes_to_data(self.codes[index].float())

@@ -19,9 +19,14 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     return ((images + 1) / 2).clamp(0, 1)
 
 
-def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB, (B,), of images in [-1, 1] (evaluated in [0, 1], data range 1)."""
-    mse = (to_unit(prediction) - to_unit(target)).square().flatten(1).mean(dim=1)
+def psnr(
+    prediction: torch.Tensor, target: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)
+) -> torch.Tensor:
+    """Per-image PSNR in dB, (B,), of images (B, ...) whose values span ``value_range``
+    ([-1, 1] by default): both are clamped to it and evaluated in [0, 1], data range 1."""
+    low, high = value_range
+    unit = to_unit if (low, high) == (-1, 1) else lambda x: ((x - low) / (high - low)).clamp(0, 1)
+    mse = (unit(prediction) - unit(target)).square().flatten(1).mean(dim=1)
     return -10 * torch.log10(mse.clamp_min(1e-12))
 
 

@@ -22,7 +22,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models.persistence import WEIGHTS_FILE, is_saved_model, load_config
+
 STATE_FILE = "training_state.pt"
+# Recorded in every checkpoint's options.json. Checkpoints without it were written while
+# --batch-size counted images per process and micro-step (now: per optimizer step, in all).
+RUN_FORMAT = 2
 NAME = re.compile(r"^step_(\d{8})$")
 # Fault injection for the crash-safety tests: SIGKILL this process in the middle of the
 # save of that step (after the weights, before the rename).
@@ -123,7 +128,7 @@ def load_checkpoint(path: Path, models: dict[str, nn.Module]) -> dict:
     """Load weights into ``models`` (unwrapped modules); returns the training state."""
     path = Path(path)
     for name, model in models.items():
-        folder_weights = path / name / "model.safetensors"
+        folder_weights = path / name / WEIGHTS_FILE
         weights = folder_weights if folder_weights.is_file() else path / f"{name}.safetensors"
         model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
@@ -158,9 +163,9 @@ def _fsync_dir(folder: Path) -> None:
 def find_autoencoder(path: Path) -> Path:
     """The ``save_pretrained`` folder of an autoencoder: itself, a checkpoint's or a run's."""
     path = Path(path)
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+    if is_saved_model(path):
         return path
-    if (path / "autoencoder" / "config.json").is_file():
+    if is_saved_model(path / "autoencoder"):
         return path / "autoencoder"
     latest = latest_checkpoint(path)
     if latest is not None:
@@ -171,10 +176,33 @@ def find_autoencoder(path: Path) -> Path:
 
 
 def check_saved_config(path: Path, name: str, expected) -> None:
-    """Raise naming every field where ``<path>/<name>/config.json`` differs from ``expected``."""
-    saved = type(expected).from_dict(json.loads((Path(path) / name / "config.json").read_text()))
+    """Raise naming every field where the config of network ``name`` in checkpoint ``path``
+    differs from ``expected``."""
+    saved = load_config(Path(path) / name, type(expected))
     differences = expected.differences(saved)
     if differences:
         raise ValueError(
             f"checkpoint {path} has another {name} configuration: {'; '.join(differences)}"
+        )
+
+
+def check_saved_batch(path: Path, batch_size: int) -> None:
+    """Raise when checkpoint ``path`` predates ``RUN_FORMAT`` 2 and trained with another batch.
+
+    Such a checkpoint recorded ``batch_size`` per process and micro-step; it resumes exactly
+    when the new ``batch_size`` (per optimizer step, all processes) equals that times its
+    processes (one ``rng_rank`` file each) times its ``grad_accum``.
+    """
+    saved = json.loads((Path(path) / "options.json").read_text())
+    if saved.get("run_format", 1) >= RUN_FORMAT:
+        return
+    processes = len(list(Path(path).glob("rng_rank*.pt")))
+    per_step = saved["batch_size"] * processes * saved.get("grad_accum", 1)
+    if per_step != batch_size:
+        raise ValueError(
+            f"checkpoint {path} was written when --batch-size counted images per process and "
+            f"micro-step: it trained on {saved['batch_size']} x {processes} processes x "
+            f"{saved.get('grad_accum', 1)} micro-steps = {per_step} images per optimizer step. "
+            f"--batch-size now counts images per optimizer step: resume with --batch-size "
+            f"{per_step} (got {batch_size})"
         )

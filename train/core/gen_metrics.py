@@ -12,22 +12,22 @@ networks; the extractors load pretrained weights and name the missing file when 
 
 from __future__ import annotations
 
-import os
-import platform
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import linalg
 
-from models.losses import require_backbone_weights
-
-INCEPTION_V3_URL = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
-VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
-CLEAN_FID_URL = (
-    "https://github.com/GaParmar/clean-fid/releases/download/v0.1.10/inception-2015-12-05.pt"
+from models.backbones import (
+    CLEAN_FID_URL,
+    INCEPTION_V3_URL,
+    VGG16_URL,
+    clean_fid_inception_path,
+    clip_weights_path,
+    imagenet_input,
+    require_backbone_weights,
 )
+
 Extractor = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (N, 3, H, W) -> (N, D)
 
 
@@ -114,7 +114,7 @@ def clean_fid_inception(device) -> Extractor:
     from cleanfid.features import build_feature_extractor
     from cleanfid.resize import build_resizer
 
-    weights = Path("./" if platform.system() == "Windows" else "/tmp") / "inception-2015-12-05.pt"
+    weights = clean_fid_inception_path()
     if not weights.is_file():
         raise FileNotFoundError(
             f"FID needs clean-fid's Inception weights at {weights}; download {CLEAN_FID_URL} there"
@@ -132,7 +132,7 @@ def clean_fid_clip(device) -> Extractor:
         raise ImportError(
             "CLIP-FID needs OpenAI's CLIP package: pip install openai-clip"
         ) from error
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clip" / "ViT-B-32.pt"
+    cache = clip_weights_path()
     if not cache.is_file():
         raise FileNotFoundError(f"CLIP-FID needs the CLIP ViT-B/32 weights at {cache}")
     from cleanfid.clip_features import CLIP_fx, img_preprocess_clip
@@ -149,7 +149,7 @@ def inception_logits(device) -> Extractor:
     model = inception_v3(weights=None, aux_logits=True, init_weights=False)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     model = model.eval().to(device)
-    return lambda images: model(_imagenet(images, 299).to(device))
+    return lambda images: model(imagenet_input(images, 299).to(device))
 
 
 def vgg16_fc2(device) -> Extractor:
@@ -161,22 +161,9 @@ def vgg16_fc2(device) -> Extractor:
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     model.classifier = model.classifier[:5]  # up to fc2 + ReLU
     model = model.eval().to(device)
-    return lambda images: model(_imagenet(images, 224).to(device))
+    return lambda images: model(imagenet_input(images, 224).to(device))
 
 
 def _resized(images: torch.Tensor, resize) -> torch.Tensor:
     arrays = [resize(image.permute(1, 2, 0).cpu().numpy()) for image in images]
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
-
-
-def _imagenet(images: torch.Tensor, size: int) -> torch.Tensor:
-    x = torch.nn.functional.interpolate(
-        images.float() / 255,
-        size=(size, size),
-        mode="bilinear",
-        antialias=True,
-        align_corners=False,
-    )
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    return (x - mean) / std

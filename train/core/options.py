@@ -1,7 +1,9 @@
-"""Training options: a frozen dataclass per stage, filled from defaults < a YAML/JSON file < flags.
+"""Training options: frozen dataclasses filled from defaults < a YAML/JSON file < flags.
 
-Each field carries its help text (``field(metadata={"help": ...})``); :func:`parse_options`
-turns the fields into command-line flags (``--max-steps``), so every flag documents itself.
+:class:`RunOptions` holds what every training run has (run folder, recipe, checkpoints,
+logging, devices); each stage extends it with its own fields. Each field carries its help
+text (``field(metadata={"help": ...})``); :func:`parse_options` turns the fields into
+command-line flags (``--max-steps``), so every flag documents itself.
 """
 
 from __future__ import annotations
@@ -11,12 +13,84 @@ import dataclasses
 import json
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 
 def option(default, help: str, choices: tuple | None = None):
     """A dataclass field with help text (and optional choices) for the command line."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options every training stage shares. ``None`` recipe fields take the stage's recipe
+    (``models.recipes``) in :meth:`with_recipe`; batches count images per optimizer step over
+    all processes, so a run means the same on 1 or 8 GPUs."""
+
+    output_dir: Path = option(Path("runs/run"), "run folder: checkpoints, logs, samples")
+    resume: str = option(
+        "auto", "'auto' (latest checkpoint in the run folder), 'never', or a checkpoint folder"
+    )
+    max_steps: int | None = option(None, "optimizer steps to train for (default: the recipe's)")
+    batch_size: int | None = option(
+        None,
+        "images per optimizer step, all processes and accumulated micro-steps together "
+        "(default: the recipe's)",
+    )
+    grad_accum: int = option(1, "micro-steps accumulated per optimizer step")
+    lr: float | None = option(None, "peak learning rate (default: the recipe's)")
+    warmup_steps: int | None = option(0, "linear learning-rate warm-up steps")
+    mixed_precision: str | None = option(
+        None,
+        "no / fp16 / bf16 (default: accelerate launch's setting)",
+        (None, "no", "fp16", "bf16"),
+    )
+    grid_backend: str = option("auto", "feature-grid backend", ("auto", "triton", "torch"))
+    seed: int = option(0, "random seed (process r uses seed + r for its noise)")
+    deterministic: bool = option(False, "torch.use_deterministic_algorithms(True)")
+    save_every: int = option(100, "checkpoint every this many steps")
+    keep_last: int = option(3, "checkpoints to keep")
+    log_every: int = option(10, "log losses every this many steps")
+    num_workers: int = option(0, "data-loader worker processes")
+    cpu_threads: int = option(
+        0, "torch threads per process when training on the CPU (0: logical cores / processes)"
+    )
+
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "max_steps",
+        "batch_size",
+        "grad_accum",
+        "save_every",
+        "keep_last",
+        "log_every",
+    )
+
+    def __post_init__(self) -> None:
+        for name in self.POSITIVE:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{_flag(name)} must be >= 1, got {value}")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+
+    def with_recipe(self, recipe) -> RunOptions:
+        """These options with ``lr``, ``batch_size``, ``max_steps`` from ``recipe`` if unset."""
+        unset = {k: getattr(recipe, k) for k in ("lr", "batch_size", "max_steps")}
+        return dataclasses.replace(
+            self, **{k: v for k, v in unset.items() if getattr(self, k) is None}
+        )
+
+    def micro_batch(self, processes: int) -> int:
+        """Images per process and micro-step: ``batch_size / (processes * grad_accum)``."""
+        shares = processes * self.grad_accum
+        if self.batch_size % shares:
+            raise ValueError(
+                f"--batch-size {self.batch_size} (images per optimizer step) must be divisible "
+                f"by processes x --grad-accum = {processes} x {self.grad_accum}"
+            )
+        return self.batch_size // shares
 
 
 def _flag(name: str) -> str:

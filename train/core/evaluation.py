@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm import tqdm
 
-from gridcodes import usage_rate
-from train.metrics import mean_std, psnr, ssim, to_unit, try_lpips
+from train.core.metrics import mean_std, psnr, ssim, to_unit, try_lpips
 
 GRID_IMAGES = 8
 
@@ -28,7 +30,6 @@ def evaluate_autoencoder(
     model.eval()
     if lpips_module == "auto":
         lpips_module = try_lpips("alex", device)
-    grids = model.retrieval.grids
     counts = None
     scores = {"psnr": [], "ssim": [], "lpips": []}
     codes = []
@@ -44,10 +45,10 @@ def evaluate_autoencoder(
         if lpips_module is not None:
             scores["lpips"].append(lpips_module.per_image(rec.clamp(-1, 1), images))
         codes.append(out.key_code.float().cpu())
-        counts = grids.hit_counts(model.retrieval.queries(out.key_code), counts)
+        counts = model.grid_hit_counts(out.key_code, counts)
     model.train(was_training)
     code = torch.cat(codes)
-    rates = usage_rate(counts, grids.config)
+    rates = model.grid_usage_rate(counts)
     metrics = {name: mean_std(torch.cat(v).cpu()) for name, v in scores.items() if v}
     metrics.update(
         {
@@ -88,3 +89,23 @@ def save_image_grid(images: torch.Tensor, path: Path, columns: int) -> None:
     array = (canvas * 255).round().byte().permute(1, 2, 0).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
+
+
+def write_metrics(run_dir: Path, step: int, metrics: dict) -> dict[str, float]:
+    """Append ``metrics`` of ``step`` to ``metrics.jsonl``, write them as ``metrics.json`` and
+    print a summary; returns the scalars (means of mean ± std entries) under ``eval/`` names."""
+    record = {"step": step, **metrics}
+    psnr_db, ssim_index = metrics["psnr"]["mean"], metrics["ssim"]["mean"]
+    tqdm.write(
+        f"step {step}: PSNR {psnr_db:.2f} dB, SSIM {ssim_index:.3f}, "
+        f"usage {metrics['usage_rate']:.3f}",
+        file=sys.stdout,
+    )
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    (run_dir / "metrics.json").write_text(json.dumps(record, indent=2))
+    return {
+        f"eval/{k}": v["mean"] if isinstance(v, dict) else v
+        for k, v in metrics.items()
+        if isinstance(v, (int, float, dict)) and (not isinstance(v, dict) or "mean" in v)
+    }

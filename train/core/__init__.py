@@ -1,0 +1,1 @@
+"""Machinery the entry points share: data, checkpoints, the run lifecycle, metrics."""

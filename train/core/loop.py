@@ -1,0 +1,302 @@
+"""The training lifecycle both stages share: a :class:`Stage` says what to train, :func:`train`
+runs it.
+
+A stage builds its models, optimizers and data, trains on one micro-batch
+(:meth:`Stage.train_step`), evaluates on its own schedule (:meth:`Stage.evaluate`) and
+names what a checkpoint holds (:meth:`Stage.networks`, :meth:`Stage.state_dict`). The
+lifecycle writes the run's options, restores the latest checkpoint, seeds or replays the
+random generators, iterates optimizer steps with logging, EMA updates, checkpoints and
+SIGTERM / SIGINT handling, and ends the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import signal
+import sys
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from train.core import checkpoint
+from train.core.data import StepBatchSampler
+from train.core.options import RunOptions, to_dict
+
+# Fault injection for the resume tests: SIGKILL the training process right after this step.
+KILL_AT_STEP = "BRICS_FAULT_KILL_AT_STEP"
+
+
+class EMA:
+    """Exponential moving average of ``source``'s weights, updated on optimizer steps only
+    (decay warm-up ``min(decay, (1 + n) / (10 + n))`` after n updates)."""
+
+    def __init__(self, source: nn.Module, decay: float) -> None:
+        self.source = source
+        self.model = copy.deepcopy(source).eval().requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for ema, current in zip(self.model.parameters(), self.source.parameters()):
+            ema.lerp_(current.detach(), 1 - decay)
+        for ema, current in zip(self.model.buffers(), self.source.buffers()):
+            ema.copy_(current)
+
+
+class Stage(ABC):
+    """One training stage. Subclasses set ``name`` and build everything in ``__init__``."""
+
+    name: str  # TensorBoard project and progress-bar label
+    hflip: bool = False  # random horizontal flips of the training data
+    ema: EMA | None = None  # saved as network "ema", updated by the lifecycle
+
+    def __init__(self, options: RunOptions, accelerator: Accelerator, dataset: Dataset) -> None:
+        self.options, self.accelerator, self.dataset = options, accelerator, dataset
+        self.step = 0
+
+    @abstractmethod
+    def networks(self) -> dict[str, nn.Module]:
+        """The unwrapped modules a checkpoint holds, by name."""
+
+    @abstractmethod
+    def configs(self) -> dict[str, object]:
+        """The configs a checkpoint's networks must have to resume, by network name."""
+
+    @abstractmethod
+    def stateful(self) -> dict[str, object]:
+        """Optimizers and schedulers a checkpoint holds (anything with ``state_dict``), by name.
+        The stage's learning-rate scheduler is ``self.scheduler``."""
+
+    @abstractmethod
+    def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Train on one micro-batch; returns the detached loss terms, ``"loss"`` included."""
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def evaluate(self) -> None:  # noqa: B027 (optional hook)
+        """Called after every optimizer step: evaluate / write samples when due."""
+
+    def saved_options(self) -> dict:
+        """The options written to the run folder and into every checkpoint."""
+        return {**to_dict(self.options), "run_format": checkpoint.RUN_FORMAT}
+
+
+def lr_factor(warmup: int, decay: int | None = None):
+    """``LambdaLR`` factor: linear warm-up to 1 over ``warmup`` steps, then constant
+    (``decay`` None) or a cosine decay to 0 over ``decay`` steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if decay is None:
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / decay)))
+
+    return factor
+
+
+def make_accelerator(options: RunOptions) -> Accelerator:
+    """Accelerator with TensorBoard logging into the run folder.
+
+    Without CUDA every process runs on the CPU (several processes: gloo DDP) with
+    ``cpu_threads`` torch threads (0: logical cores / processes, since ``accelerate launch``
+    counts physical cores only).
+    """
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        gradient_accumulation_steps=options.grad_accum,
+        mixed_precision=options.mixed_precision,
+        log_with="tensorboard",
+        project_dir=str(options.output_dir),
+    )
+    if options.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if accelerator.device.type == "cpu":
+        cores = os.cpu_count() or 1
+        torch.set_num_threads(options.cpu_threads or max(1, cores // accelerator.num_processes))
+    return accelerator
+
+
+def launch(stage_class: type[Stage], options: RunOptions, dry_run: bool, resolved: dict) -> int:
+    """An entry point's end: print the resolved options (``--dry-run``) or train the stage."""
+    if dry_run:
+        print(json.dumps({"options": to_dict(options), **resolved}, indent=2))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    train(stage_class(options))
+    return 0
+
+
+def train(stage: Stage) -> None:
+    """Run ``stage`` from its latest checkpoint (or from scratch) to ``max_steps``."""
+    acc, options = stage.accelerator, stage.options
+    run_dir = options.output_dir.resolve()
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "options.json").write_text(json.dumps(stage.saved_options(), indent=2))
+        print(f"run folder: {run_dir}", flush=True)
+    restored = restore(stage)
+    acc.init_trackers(stage.name, config={k: str(v) for k, v in to_dict(options).items()})
+    if restored is None:
+        set_seed(options.seed + acc.process_index)  # per-process noise streams
+    else:  # replay exactly: this process's generators as they were at the save
+        checkpoint.restore_rng(restored, acc.process_index)
+    run_steps(stage)
+    acc.end_training()
+    if acc.is_main_process:
+        print(f"run folder: {run_dir}", flush=True)
+
+
+def run_steps(stage: Stage) -> None:
+    """Optimizer steps ``stage.step + 1 .. max_steps``: every ``log_every`` steps the loss
+    terms, averaged over processes, go to TensorBoard; a checkpoint every ``save_every``
+    steps, at the end, and on SIGTERM / SIGINT (noticed on the next logging step), after
+    which the loop stops."""
+    acc, options = stage.accelerator, stage.options
+    sampler = StepBatchSampler(
+        len(stage.dataset),
+        options.micro_batch(acc.num_processes),
+        options.seed,
+        stage.step,
+        options.max_steps,
+        acc.process_index,
+        acc.num_processes,
+        options.grad_accum,
+        stage.hflip,
+    )
+    loader = DataLoader(
+        stage.dataset,
+        batch_sampler=sampler,
+        num_workers=options.num_workers,
+        generator=torch.Generator().manual_seed(options.seed),
+    )
+    stop = StopFlag()
+    progress = tqdm(
+        total=options.max_steps,
+        initial=stage.step,
+        desc=stage.name,
+        mininterval=5.0,
+        disable=not acc.is_main_process,
+        file=sys.stdout,
+    )
+    micro = 0
+    for batch in loader:
+        terms = stage.train_step(batch.to(acc.device, non_blocking=True))
+        micro += 1
+        if micro % options.grad_accum:
+            continue
+        stage.step += 1
+        if stage.ema is not None:
+            stage.ema.update()
+        progress.update(1)
+        last = stage.step == options.max_steps
+        if stage.step % options.log_every == 0 or last:
+            logged = {k: acc.reduce(v, "mean").item() for k, v in terms.items()}
+            train_log = {f"train/{k}": v for k, v in logged.items()}
+            acc.log({**train_log, "train/lr": stage.lr()}, step=stage.step)
+            progress.set_postfix(loss=f"{logged['loss']:.4f}", refresh=False)
+        stage.evaluate()
+        # The all-reduce of the stop flag syncs with the device: only on logging steps.
+        stopping = (stage.step % options.log_every == 0 or last) and stop.agreed(acc)
+        if stage.step % options.save_every == 0 or last or stopping:
+            save(stage)
+        maybe_kill(stage.step)
+        if stopping:
+            logging.getLogger(f"train.{stage.name}").info(
+                "stopped by signal at step %d; checkpoint saved", stage.step
+            )
+            break
+    progress.close()
+
+
+def save(stage: Stage) -> None:
+    networks = stage.networks()
+    state = {name: obj.state_dict() for name, obj in stage.stateful().items()}
+    if stage.ema is not None:
+        networks["ema"], state["ema_updates"] = stage.ema.model, stage.ema.updates
+    checkpoint.save_checkpoint(
+        stage.options.output_dir,
+        stage.step,
+        stage.accelerator,
+        networks,
+        state,
+        stage.saved_options(),
+        stage.options.keep_last,
+    )
+
+
+def restore(stage: Stage) -> Path | None:
+    """Load the checkpoint ``--resume`` names (default: the run's latest); returns its path."""
+    options = stage.options
+    path = resume_path(options.resume, options.output_dir)
+    if path is None:
+        return None
+    for name, config in stage.configs().items():
+        checkpoint.check_saved_config(path, name, config)
+    checkpoint.check_saved_batch(path, options.batch_size)
+    networks = stage.networks()
+    if stage.ema is not None:
+        networks["ema"] = stage.ema.model
+    state = checkpoint.load_checkpoint(path, networks)
+    for name, obj in stage.stateful().items():
+        obj.load_state_dict(state[name])
+    if stage.ema is not None:
+        stage.ema.updates = int(state["ema_updates"])
+    stage.step = int(state["step"])
+    if stage.accelerator.is_main_process:
+        logging.getLogger(f"train.{stage.name}").info(
+            "resumed from %s at step %d", path, stage.step
+        )
+    return path
+
+
+def resume_path(resume: str, output_dir: Path) -> Path | None:
+    """The checkpoint ``--resume`` names: 'auto' (the run's latest, if any), 'never' or a path."""
+    if resume == "never":
+        if checkpoint.latest_checkpoint(output_dir) is not None:
+            raise FileExistsError(
+                f"{output_dir} already holds checkpoints; use another --output-dir or --resume auto"
+            )
+        return None
+    if resume == "auto":
+        return checkpoint.latest_checkpoint(output_dir)
+    path = Path(resume)
+    if not (path / checkpoint.STATE_FILE).is_file():
+        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder")
+    return path
+
+
+def maybe_kill(step: int) -> None:
+    """SIGKILL this process after ``step`` when the fault-injection variable names it."""
+    if os.environ.get(KILL_AT_STEP) == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StopFlag:
+    """Set by SIGTERM / SIGINT; the loop checks it between steps, saves and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.raised = True
+
+    def agreed(self, accelerator) -> bool:
+        """True on every process once any process was signalled."""
+        flag = torch.tensor(float(self.raised), device=accelerator.device)
+        return accelerator.reduce(flag, "sum").item() > 0
