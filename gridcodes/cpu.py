@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .levels import META_MASK, META_OFFSET, META_STRIDES, META_USE_HASH, GridConfig, level_table
 from .reference import compute_dtype, sanitize
@@ -193,6 +194,7 @@ class _GridEncode(torch.autograd.Function):
         return out.view(n, groups, n_levels * n_features).to(params.dtype)
 
     @staticmethod
+    @once_differentiable  # double backward raises instead of differentiating worker threads
     def backward(ctx, dy):
         x, params = ctx.saved_tensors
         geo = ctx.geo

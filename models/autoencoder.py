@@ -29,7 +29,8 @@ class BRICSAutoencoder(PretrainedMixin, nn.Module):
 
     Args:
         config: the model's hyper-parameters (see :mod:`models.config` for presets).
-        grid_backend: backend of the feature grids, ``"auto"``, ``"triton"`` or ``"torch"``.
+        grid_backend: backend of the feature grids, ``"auto"``, ``"triton"``, ``"cpu"`` or
+            ``"torch"`` (see :class:`gridcodes.MultiResGrid`).
     """
 
     config_class = BRICSConfig

@@ -113,3 +113,11 @@ def test_cuda_tensors_are_refused_with_a_clear_message():
     grid.to("meta")
     with pytest.raises(ValueError, match="backend='cpu' got tensors on meta"):
         grid(x)
+
+
+def test_double_backward_fails_loudly():
+    grid = MultiResGrid(3, n_groups=2, n_levels=2, max_resolution=8, backend="cpu")
+    x = torch.rand(7, 2, 3, requires_grad=True)
+    (dx,) = torch.autograd.grad(grid(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"once_differentiable|does not require grad"):
+        dx.sum().backward()

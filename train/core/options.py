@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from gridcodes.module import BACKENDS as GRID_BACKENDS
+
 
 def option(default, help: str, choices: tuple | None = None):
     """A dataclass field with help text (and optional choices) for the command line."""
@@ -47,7 +49,9 @@ class RunOptions:
         "no / fp16 / bf16 (default: accelerate launch's setting)",
         (None, "no", "fp16", "bf16"),
     )
-    grid_backend: str = option("auto", "feature-grid backend", ("auto", "triton", "torch"))
+    grid_backend: str = option(
+        "auto", "feature-grid backend (auto: triton on CUDA, cpu on the CPU)", GRID_BACKENDS
+    )
     seed: int = option(0, "random seed (process r uses seed + r for its noise)")
     deterministic: bool = option(False, "torch.use_deterministic_algorithms(True)")
     save_every: int = option(100, "checkpoint every this many steps")
@@ -193,6 +197,6 @@ def add_device_arguments(parser: argparse.ArgumentParser, grid_backend: bool = T
         parser.add_argument(
             "--grid-backend",
             default="auto",
-            choices=("auto", "triton", "torch"),
-            help="feature-grid backend",
+            choices=GRID_BACKENDS,
+            help="feature-grid backend (auto: triton on CUDA, cpu on the CPU)",
         )
