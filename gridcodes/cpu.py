@@ -6,8 +6,8 @@ a chunk of points is handled at once, and autograd is replaced by a hand-written
 - forward: corner rows and weights of all levels (the reference's arithmetic: the same
   ``x * (r - 1)``, ``floor`` and weight products, so the same cells), then ONE
   ``embedding_bag`` (a fused, multi-threaded gather + weighted sum) per chunk;
-- dL/dparams: the scatter of ``w(c) * dL/dy`` with ``index_add_``, one feature per worker
-  thread (each feature's sum is serial, so the result is reproducible), overlapped with
+- dL/dparams: the scatter of ``w(c) * dL/dy`` with ``index_add_``, one feature at a time
+  (a serial sum: the result is reproducible run to run);
 - dL/dx: per axis k, one more ``embedding_bag`` with the weights' derivative ``dw(c)/ds_k``
   gives ``sum_c (dw(c)/ds_k) params[c]``, dotted with dL/dy; then SPEC §1.2 step 6's mask.
 
@@ -19,8 +19,6 @@ points go in chunks of ``CHUNK_CONTRIBUTIONS`` corner reads, which bounds the te
 
 from __future__ import annotations
 
-import functools
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -153,23 +151,11 @@ def _coordinate_gradient(rows, factors, ds, dy, table, geo: Geometry) -> torch.T
     return (dsk * geo.scale).sum(1)
 
 
-def _scatter_features(dtable, rows, w, g) -> list[Future]:
-    """Start ``dtable[j, rows] += w * g[j]`` for every feature j on worker threads; returns
-    the jobs to wait for. ``index_add_`` of a vector is serial, and features never collide."""
+def _scatter_features(dtable, rows, w, g) -> None:
+    """``dtable[j, rows] += w * g[j]`` for every feature j (serial sums: reproducible)."""
     rows = rows.flatten()
-
-    def scatter(features):
-        for j in features:
-            dtable[j].index_add_(0, rows, (w * g[j]).flatten())
-
-    n_threads = min(torch.get_num_threads(), len(g))
-    pool = _pool(n_threads)
-    return [pool.submit(scatter, range(t, len(g), n_threads)) for t in range(n_threads)]
-
-
-@functools.cache
-def _pool(n_threads: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(n_threads, thread_name_prefix="gridcodes-scatter")
+    for j in range(len(g)):
+        dtable[j].index_add_(0, rows, (w * g[j]).flatten())
 
 
 class _GridEncode(torch.autograd.Function):
@@ -194,7 +180,7 @@ class _GridEncode(torch.autograd.Function):
         return out.view(n, groups, n_levels * n_features).to(params.dtype)
 
     @staticmethod
-    @once_differentiable  # double backward raises instead of differentiating worker threads
+    @once_differentiable  # double backward raises instead of returning wrong values
     def backward(ctx, dy):
         x, params = ctx.saved_tensors
         geo = ctx.geo
@@ -214,16 +200,13 @@ class _GridEncode(torch.autograd.Function):
         for start, stop in _chunks(n, groups * n_levels * 2**d):
             i, factors, ds = _cells(_coords(x[start:stop], dtype), geo)
             rows = _rows(i, geo)
-            scatter = []
-            if need_dparams:  # runs on worker threads while dL/dx is computed here
+            if need_dparams:
                 g = dy[start:stop].permute(3, 2, 0, 1).to(dtype).contiguous()  # (F, L, n, G)
-                scatter = _scatter_features(dtable, rows, _corner_products(list(factors)), g)
+                _scatter_features(dtable, rows, _corner_products(list(factors)), g)
             if need_dx:
                 dx[:, start:stop] = _coordinate_gradient(
                     _corners_last(rows), factors, ds, dy[start:stop], table, geo
                 )
-            for job in scatter:
-                job.result()
         if need_dx:
             inside = (x >= 0) & (x <= 1)
             dx = torch.where(inside, dx.permute(1, 2, 0), 0.0).to(x.dtype)
@@ -243,7 +226,7 @@ def _chunks(n: int, contributions_per_point: int):
         yield start, min(n, start + step)
 
 
-@torch.compiler.disable  # the backward's worker threads are not traceable
+@torch.compiler.disable  # a graph break: chunk loops and embedding_bag stay eager
 def grid_encode_cpu(x: torch.Tensor, params: torch.Tensor, geo: Geometry) -> torch.Tensor:
     """Lookup of ``x`` (N, G, d) in ``params`` (G, n_entries, F): (N, G, L * F), params' dtype."""
     return _GridEncode.apply(x, params, geo)

@@ -80,8 +80,7 @@ def test_many_chunks_match_the_reference(chunk):
 
 
 def test_gradients_are_bitwise_reproducible():
-    """The table gradient's scatter runs on worker threads; each feature on one thread, in
-    order, so two runs agree bit for bit."""
+    """The table gradient is a serial sum per feature, so two runs agree bit for bit."""
     case = {"config": NGP_LIKE, "n_points": 341, "special_fraction": 0.0, "seed": 5}
     first, second = (run_pair(case, backend="cpu")[4] for _ in range(2))
     assert all(torch.equal(a, b) for a, b in zip(first, second))
