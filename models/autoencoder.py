@@ -48,7 +48,12 @@ class BRICSAutoencoder(PretrainedMixin, nn.Module):
         )
         self.retrieval = FeatureRetrieval(config, grid_backend)
         self.decoder = SynthesisDecoder(
-            config.decoder_channels, config.tile_size, config.image_size, config.mapping_layers
+            config.decoder_channels,
+            config.tile_size,
+            config.image_size,
+            config.mapping_layers,
+            config.decoder_channel_rule,
+            config.decoder_extra_conv,
         )
 
     # --- the paper's three stages -----------------------------------------------------

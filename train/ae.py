@@ -107,7 +107,8 @@ class AutoencoderStage(Stage):
         set_seed(options.seed)  # identical initialisation on every process
         autoencoder = BRICSAutoencoder(config, grid_backend=options.grid_backend)
         disc = Discriminator(config.image_size, config.disc_channels, config.disc_max_channels)
-        ae_opt, disc_opt = build_optimizers(autoencoder, disc, options.lr)
+        lazy_r1 = self.losses.r1_interval if options.gan == "nonsaturating-r1" else None
+        ae_opt, disc_opt = build_optimizers(autoencoder, disc, options.lr, lazy_r1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(ae_opt, lr_factor(options.warmup_steps))
         prepared = acc.prepare(autoencoder, disc, ae_opt, disc_opt, scheduler)
         self.autoencoder, self.disc, self.ae_opt, self.disc_opt, self.scheduler = prepared
