@@ -315,6 +315,23 @@ def test_models_saved_before_the_authors_defaults_load_as_trained(tmp_path):
         assert name in str(error.value)
 
 
+def test_key_value_usage_rate_is_app_e_histogram_at_the_finest_resolution():
+    model = BRICSAutoencoder(TINY, grid_backend="torch")  # r_max 32
+    key_codes = torch.zeros(2, 4, 8, 8)
+    key_codes[:, 0] = 0.5  # slot 16 and 17
+    key_codes[:, 1] = 1.0  # clipped to slot 31, and 32
+    key_codes[:, 2, :4] = 0.1  # slot 3 (0.1 * 32 = 3.2) and 4; the rest slot 0 and 1
+    hits = model.key_value_hits(key_codes)
+    assert hits.shape == (4, 33) and hits.sum().item() == 2 * 4 * 128
+    assert hits[0, 16] == hits[0, 17] == 128 and hits[1, 31] == hits[1, 32] == 128
+    assert hits[2, [0, 1, 3, 4]].tolist() == [64, 64, 64, 64]
+    rate = model.key_value_usage_rate(model.key_value_hits(key_codes, hits.clone()))
+    torch.testing.assert_close(rate, torch.tensor([2, 2, 4, 2]) / 33)
+    # The grid occupancy of the same codes is another number (coarse levels are nearly full)
+    occupancy = model.grid_usage_rate(model.grid_hit_counts(key_codes))
+    assert occupancy[:, 0].min() > rate.max()
+
+
 def test_kl_variant_samples_in_training_and_is_deterministic_in_eval():
     model = BRICSAutoencoder(get_preset("tiny-32", key_regularization="kl"), grid_backend="torch")
     images = photo_patches(count=2)
