@@ -48,7 +48,12 @@ class BRICSAutoencoder(PretrainedMixin, nn.Module):
         )
         self.retrieval = FeatureRetrieval(config, grid_backend)
         self.decoder = SynthesisDecoder(
-            config.decoder_channels, config.tile_size, config.image_size, config.mapping_layers
+            config.decoder_channels,
+            config.tile_size,
+            config.image_size,
+            config.mapping_layers,
+            config.decoder_channel_rule,
+            config.decoder_extra_conv,
         )
 
     # --- the paper's three stages -----------------------------------------------------
@@ -96,8 +101,30 @@ class BRICSAutoencoder(PretrainedMixin, nn.Module):
         return self.retrieval.grids.hit_counts(self.retrieval.queries(key_codes), counts)
 
     def grid_usage_rate(self, counts: torch.Tensor) -> torch.Tensor:
-        """Usage rate (App. E): fraction of each level's entries hit, (Nh, Nr), in [0, 1]."""
+        """Grid occupancy: fraction of each level's entries hit, (Nh, Nr), in [0, 1] (ours; the
+        coarse levels are trivially full. App. E's figure is :meth:`key_value_usage_rate`)."""
         return self.retrieval.grids.usage_rate(counts)
+
+    def key_value_hits(
+        self, key_codes: torch.Tensor, counts: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """App. E / Fig. 3b's statistic (the authors' ``analysize_hitting_rate.py``): per code
+        channel, a histogram of key values at the finest resolution, each value z hitting
+        slots floor(z r_max) (at most r_max - 1) and the one after: int64 (Cz, r_max + 1).
+        Pass ``counts`` back in to accumulate batches."""
+        self._check_key_codes(key_codes)
+        r_max = self.config.r_max
+        slot = (key_codes.detach().clamp(0, 1) * r_max).floor().long().clamp(0, r_max - 1)
+        slot = slot.transpose(0, 1).flatten(1)  # (Cz, B * Hz * Wz)
+        if counts is None:
+            counts = torch.zeros(slot.shape[0], r_max + 1, dtype=torch.long, device=slot.device)
+        ones = torch.ones_like(slot)
+        return counts.scatter_add_(1, slot, ones).scatter_add_(1, slot + 1, ones)
+
+    @staticmethod
+    def key_value_usage_rate(counts: torch.Tensor) -> torch.Tensor:
+        """Fraction of the r_max + 1 key-value slots of :meth:`key_value_hits` hit, (Cz,)."""
+        return (counts > 0).float().mean(dim=1)
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters of the encoder, the grids, the retrieval MLP and the decoder."""

@@ -13,11 +13,25 @@ from dataclasses import dataclass
 from .persistence import ConfigMixin
 
 KEY_REGULARIZATIONS = ("relaxed", "kl", "none")
+GRID_RESOLUTION_RULES = ("authors", "text")
+NOISE_PLACEMENTS = ("code", "tiled")
+DECODER_CHANNEL_RULES = ("absolute", "relative")
+
+# Values of the fields added after the first release that reproduce the models saved before
+# them: a saved config without one of these fields gets this value (models/persistence.py).
+LEGACY_DEFAULTS = {
+    "grid_resolution_rule": "text",
+    "noise_placement": "tiled",
+    "decoder_channel_rule": "relative",
+    "decoder_extra_conv": False,
+}
 
 
 @dataclass(frozen=True)
 class BRICSConfig(ConfigMixin):
     """Hyper-parameters of :class:`models.BRICSAutoencoder` (SPEC §2)."""
+
+    legacy_defaults = LEGACY_DEFAULTS  # class attribute, not a field
 
     image_size: int = 256  # H = W
     code_size: int = 64  # Hz = Wz
@@ -28,8 +42,12 @@ class BRICSConfig(ConfigMixin):
     # Multi-resolution grids, one group per key slice (App. A.1)
     n_levels: int = 16  # Nr
     n_features: int = 4  # Cv
-    base_resolution: int = 4  # r_min
-    max_resolution: int | None = None  # r_max; None: 32 if Hz <= 32 else 64
+    # Grid geometry. "authors": level l has ceil(r_min b^l) cells, + 1 vertices per axis, the
+    # geometry behind the parameter counts of Tables 3, 7, 8; "text": round(r_min b^l) vertices
+    # and r_min 4 (App. A.1). r_max None: the text's 32 if Hz <= 32 else 64.
+    base_resolution: int = 16  # r_min
+    max_resolution: int | None = 64  # r_max
+    grid_resolution_rule: str = "authors"
     log2_table_size: int = 18  # T = 2**18
     grid_type: str = "tiled"  # eq. 6, index = (sum_k x_k tau_k) mod T; "hash" for App. K
     # Encoder: taming-transformers' VQGAN encoder (App. A.1)
@@ -41,6 +59,14 @@ class BRICSConfig(ConfigMixin):
     mapping_layers: int = 8  # MLPs of the style code w = MLPs(normalize(avg_pool(f)))
     # Key-code regularisation: relaxed precision noise (Sec. 3.2) or KL (App. A.4)
     key_regularization: str = "relaxed"
+    # Relaxed-precision noise drawn per code cell before tiling ("code", the authors') or per
+    # tiled cell after tiling ("tiled", Sec. 3.2's text)
+    noise_placement: str = "code"
+    # StyleGAN2 decoder channels: "absolute", min(32768 / res, Cd) by absolute resolution (the
+    # authors'); "relative", Cd at Hd halved per doubling, at least 32
+    decoder_channel_rule: str = "absolute"
+    # One more modulated 3x3 conv at every upsampled resolution (--additional_decoder_conv)
+    decoder_extra_conv: bool = True
     # Discriminator (StyleGAN2): channels at full resolution, doubling per halving up to max
     disc_channels: int = 128
     disc_max_channels: int = 512
@@ -90,6 +116,13 @@ class BRICSConfig(ConfigMixin):
                 f"key_regularization must be one of {KEY_REGULARIZATIONS}, "
                 f"got {self.key_regularization!r}"
             )
+        for name, valid in (
+            ("grid_resolution_rule", GRID_RESOLUTION_RULES),
+            ("noise_placement", NOISE_PLACEMENTS),
+            ("decoder_channel_rule", DECODER_CHANNEL_RULES),
+        ):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")
         if self.encoder_channels % 32:
             raise ValueError(
                 f"encoder_channels must be a multiple of 32 (GroupNorm(32)), "
@@ -103,10 +136,23 @@ class BRICSConfig(ConfigMixin):
 
     @property
     def r_max(self) -> int:
-        """Finest grid resolution: 32 if Hz <= 32 else 64 unless set (App. A.1)."""
+        """Finest grid resolution r_max: 32 if Hz <= 32 else 64 unless set (App. A.1)."""
         if self.max_resolution is not None:
             return self.max_resolution
         return 32 if self.code_size <= 32 else 64
+
+    @property
+    def grid_resolutions(self) -> tuple[int, ...]:
+        """Vertices per axis of each grid level, b = (r_max / r_min)^(1 / (Nr - 1)).
+
+        "authors": ceil(r_min b^l) + 1 (cells of size 1 / r, hashed with r + 1 vertices);
+        "text": round(r_min b^l) (``gridcodes.MultiResGrid``'s own rule).
+        """
+        r_min, r_max, n = self.base_resolution, self.r_max, self.n_levels
+        b = math.exp((math.log(r_max) - math.log(r_min)) / (n - 1)) if n > 1 else 1.0
+        if self.grid_resolution_rule == "authors":
+            return tuple(math.ceil(r_min * b**level - 1e-9) + 1 for level in range(n))
+        return tuple(round(r_min * b**level) for level in range(n))
 
     @property
     def n_downsamplings(self) -> int:
@@ -126,18 +172,29 @@ def _is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+# The paper text's grid geometry (App. A.1): r_min 4, r_max 32 if Hz <= 32 else 64.
+TEXT_GRID = {"base_resolution": 4, "max_resolution": None, "grid_resolution_rule": "text"}
+# The CPU presets keep the first release's decoder (no extra conv, channels relative to Hd).
+SMALL_DECODER = {"decoder_channel_rule": "relative", "decoder_extra_conv": False}
+
 PRESETS: dict[str, BRICSConfig] = {
-    # Table 2/3, LSUN-Church 256^2 (the default is 64x64x4)
+    # Table 2/3, LSUN-Church 256^2 (the default is 64x64x4). Grid geometry: r_max 64 and the
+    # r_min that reproduces the paper's grid parameter counts (bench/results/complexity.md):
+    # 16 for 64x64 codes, 4 for 32x32 and 16x16 codes.
     "church-64x64x4": BRICSConfig(),
-    "church-32x32x4": BRICSConfig(code_size=32, code_channels=4),
-    "church-32x32x8": BRICSConfig(code_size=32, code_channels=8),
+    "church-32x32x4": BRICSConfig(code_size=32, code_channels=4, base_resolution=4),
+    "church-32x32x8": BRICSConfig(code_size=32, code_channels=8, base_resolution=4),
     # Table 2/3, FFHQ 256^2
-    "ffhq-16x16x8": BRICSConfig(code_size=16, code_channels=8),
-    "ffhq-16x16x16": BRICSConfig(code_size=16, code_channels=16),
+    "ffhq-16x16x8": BRICSConfig(code_size=16, code_channels=8, base_resolution=4),
+    "ffhq-16x16x16": BRICSConfig(code_size=16, code_channels=16, base_resolution=4),
     # Table 7: Ckey = 2 (two groups of 4-D grids)
     "church-64x64x4-ckey2": BRICSConfig(key_length=2),
     # Table 8: Hd = Wd = 32
-    "church-32x32x8-hd32": BRICSConfig(code_size=32, code_channels=8, tile_size=32),
+    "church-32x32x8-hd32": BRICSConfig(
+        code_size=32, code_channels=8, tile_size=32, base_resolution=4
+    ),
+    # The default preset with the paper text's grid geometry (App. A.1)
+    "church-64x64x4-text-grid": BRICSConfig(**TEXT_GRID),
     # App. K: hashed grids with a smaller table (2^14 .. 2^18)
     "church-64x64x4-hash14": BRICSConfig(grid_type="hash", log2_table_size=14),
     # App. A.4: KL-regularised key codes instead of relaxed precision
@@ -154,6 +211,8 @@ PRESETS: dict[str, BRICSConfig] = {
         mapping_layers=2,
         disc_channels=32,
         disc_max_channels=128,
+        **TEXT_GRID,
+        **SMALL_DECODER,
     ),
     "tiny-32": BRICSConfig(
         image_size=32,
@@ -168,6 +227,8 @@ PRESETS: dict[str, BRICSConfig] = {
         mapping_layers=2,
         disc_channels=32,
         disc_max_channels=64,
+        **TEXT_GRID,
+        **SMALL_DECODER,
     ),
 }
 DEFAULT_PRESET = "church-64x64x4"

@@ -73,9 +73,11 @@ class KeyCodePipeline:
         seed: int = 0,
         eta: float = 0.0,
         batch_size: int = 64,
+        clip: bool = True,
     ) -> torch.Tensor:
         """``n`` images (n, 3, H, W) in [-1, 1] on the CPU, drawn in batches of ``batch_size``
-        from one generator seeded with ``seed`` on the UNet's device."""
+        from one generator seeded with ``seed`` on the UNet's device; ``clip``: x_0 predictions
+        clipped to [-1, 1] at every step."""
         c = self.unet.config
         device = next(self.unet.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -84,7 +86,14 @@ class KeyCodePipeline:
             shape = (min(batch_size, n - start), c.code_channels, c.code_size, c.code_size)
             noise = torch.randn(shape, generator=generator, device=device)
             x0 = sample(
-                sampler, self.unet, self.schedule, noise, steps, eta=eta, generator=generator
+                sampler,
+                self.unet,
+                self.schedule,
+                noise,
+                steps,
+                eta=eta,
+                clip=clip,
+                generator=generator,
             )
             decoded = self.autoencoder.decode(data_to_codes(x0).float())
             images.append(decoded.clamp(-1, 1).cpu())

@@ -1,9 +1,11 @@
 """Training losses of the BRICS autoencoder (App. A.3).
 
-Generator: ``20 L2 + 5 perceptual + GAN`` (+ ``1e-6 KL`` for KL-regularised key codes).
+Generator: ``20 L2 + 5 perceptual + GAN`` (+ ``1e-6 KL`` for KL-regularised key codes, the KL
+averaged per code element as the authors' ``training/loss.py``).
 Discriminator: the paper's WGAN loss with gradient penalty (weight 4), or the authors'
 released choice, the non-saturating logistic loss with lazy R1 (gamma 4, every 16 steps).
-Perceptual: LPIPS (the paper) or an L1 distance of VGG16 features (the authors' code).
+Perceptual: LPIPS (the paper) or an L1 distance of VGG16 features (the authors' code,
+``training/vgg_perceptual_loss.py``).
 """
 
 from __future__ import annotations
@@ -69,9 +71,12 @@ class LPIPSLoss(nn.Module):
 
 
 class VGGFeatureLoss(nn.Module):
-    """L1 distance of VGG16 features (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3); frozen."""
+    """The authors' perceptual loss: images in [-1, 1] -> [0, 1], ImageNet-normalised, resized
+    bilinearly to 224 x 224, then the sum over relu1_2, relu2_2, relu3_3, relu4_3 of VGG16 of the
+    mean L1 distance of the features; frozen."""
 
-    LAYERS = (3, 8, 15, 22, 29)  # indices of those ReLUs in torchvision's vgg16().features
+    LAYERS = (3, 8, 15, 22)  # indices of those ReLUs in torchvision's vgg16().features
+    RESIZE = 224
 
     def __init__(self, pretrained: bool = True) -> None:
         super().__init__()
@@ -90,6 +95,8 @@ class VGGFeatureLoss(nn.Module):
 
     def _activations(self, x: torch.Tensor) -> list[torch.Tensor]:
         h = imagenet_normalize((x + 1) / 2)
+        size = (self.RESIZE, self.RESIZE)
+        h = F.interpolate(h, size=size, mode="bilinear", align_corners=False)
         out = []
         for index, layer in enumerate(self.features):
             h = layer(h)
@@ -147,9 +154,10 @@ def r1_penalty(discriminator: nn.Module, real: torch.Tensor) -> torch.Tensor:
 
 
 def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean, exp(logvar)) || N(0, 1)), summed over code elements, averaged over the batch."""
+    """KL(N(mean, exp(logvar)) || N(0, 1)) averaged over code elements and the batch (the
+    authors' ``training/loss.py``; App. A.4's weight 1e-6 applies to this mean)."""
     kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)
-    return kl.flatten(1).sum(dim=1).mean()
+    return kl.mean()
 
 
 # --- combined objectives -------------------------------------------------------------------

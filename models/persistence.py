@@ -1,7 +1,9 @@
 """Configs as frozen dataclasses, and models saved as ``config.json`` + ``model.safetensors``.
 
 Loading never unpickles; a checkpoint whose config differs from the one asked for raises
-an error naming every differing field.
+an error naming every differing field. A config saved before a field existed gets the
+field's ``legacy_defaults`` value (the behaviour of the code that saved it), so old models
+load as they were trained.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -18,7 +21,13 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 class ConfigMixin:
-    """``to_dict`` / ``from_dict`` / ``differences`` for frozen config dataclasses."""
+    """``to_dict`` / ``from_dict`` / ``differences`` for frozen config dataclasses.
+
+    ``legacy_defaults`` (a class attribute): values of fields added later, for saved configs
+    that lack them.
+    """
+
+    legacy_defaults: ClassVar[dict] = {}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -29,7 +38,8 @@ class ConfigMixin:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} fields {unknown}")
-        return cls(**values)
+        missing = {k: v for k, v in cls.legacy_defaults.items() if k not in values}
+        return cls(**values, **missing)
 
     def differences(self, other) -> list[str]:
         """``field: self != other`` for every differing field."""

@@ -1,8 +1,10 @@
 """Feature retrieval of BRICS (Sec. 3.2, eq. 1-4, App. A.1, App. B).
 
 key code z (B, Cz, Hz, Wz) in [0, 1]
+  -> relaxed precision        z + eps, eps ~ N(0, (1 / (4 r_max))^2), clipped (training; the
+                              authors' placement, one draw per code cell)
   -> interleaved tiling       z_hat (B, Cz, Hd, Wd), each code cell copied to a block
-  -> relaxed precision        z_hat + eps, eps ~ N(0, (1 / (4 r_max))^2), clipped (training)
+     (the text's placement adds eps to z_hat instead, one draw per tiled cell)
   -> combined key code        q^s_{i,j} = [z_hat^s_{i,j}; (i + 0.5) / Hd; (j + 0.5) / Wd]
   -> F_inp(F_r(q))            one grouped MultiResGrid lookup for all Nh groups
   -> F_mlp                    per-group MLP, Nr*Cv -> 64 -> 64 -> Cd / Nh
@@ -29,9 +31,10 @@ def tile(key_code: torch.Tensor, tile_size: int) -> torch.Tensor:
     return key_code.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
 
-def relax_precision(tiled: torch.Tensor, std: float) -> torch.Tensor:
-    """Relaxed data precision: add N(0, std^2) per tiled cell and channel, clip to [0, 1]."""
-    return (tiled + std * torch.randn_like(tiled)).clamp(0.0, 1.0)
+def relax_precision(key_code: torch.Tensor, std: float) -> torch.Tensor:
+    """Relaxed data precision: add N(0, std^2) per element (code or tiled cell, channel), clip
+    to [0, 1]."""
+    return (key_code + std * torch.randn_like(key_code)).clamp(0.0, 1.0)
 
 
 def combined_key_code(tiled: torch.Tensor, key_length: int) -> torch.Tensor:
@@ -83,8 +86,7 @@ class FeatureRetrieval(nn.Module):
             n_levels=config.n_levels,
             n_features=config.n_features,
             log2_table_size=config.log2_table_size,
-            base_resolution=config.base_resolution,
-            max_resolution=config.r_max,
+            resolutions=config.grid_resolutions,
             grid_type=config.grid_type,
             backend=grid_backend,
         )
@@ -95,10 +97,14 @@ class FeatureRetrieval(nn.Module):
 
     def queries(self, key_code: torch.Tensor) -> torch.Tensor:
         """Tiling, relaxed precision (training only) and coordinates: (B, Hd, Wd, Nh, d)."""
-        tiled = tile(key_code, self.config.tile_size)
-        if self.training and self.relaxed_precision:
-            tiled = relax_precision(tiled, self.config.relaxed_precision_std)
-        return combined_key_code(tiled, self.config.key_length)
+        c = self.config
+        noisy = self.training and self.relaxed_precision
+        if noisy and c.noise_placement == "code":
+            key_code = relax_precision(key_code, c.relaxed_precision_std)
+        tiled = tile(key_code, c.tile_size)
+        if noisy and c.noise_placement == "tiled":
+            tiled = relax_precision(tiled, c.relaxed_precision_std)
+        return combined_key_code(tiled, c.key_length)
 
     def forward(self, key_code: torch.Tensor) -> torch.Tensor:
         features = self.mlp(self.grids(self.queries(key_code)))  # (B, Hd, Wd, Nh, Cd / Nh)

@@ -133,21 +133,36 @@ class ToRGB(nn.Module):
         return rgb if skip is None else rgb + upsample_2x(skip)
 
 
-def synthesis_channels(decoder_channels: int, tile_size: int, resolution: int) -> int:
-    """Channels at ``resolution``: Cd at Hd, halved per doubling (at least 32)."""
+def synthesis_channels(
+    decoder_channels: int, tile_size: int, resolution: int, rule: str = "absolute"
+) -> int:
+    """Channels at ``resolution``. "absolute" (StyleGAN2's rule, the authors'):
+    min(32768 / resolution, Cd); "relative": Cd at Hd, halved per doubling (at least 32)."""
+    if rule == "absolute":
+        return min(32768 // resolution, decoder_channels)
     return max(32, decoder_channels * tile_size // resolution)
 
 
 class SynthesisDecoder(nn.Module):
-    """Feature block (B, Cd, Hd, Wd) -> image (B, 3, H, W), unbounded (trained towards [-1, 1])."""
+    """Feature block (B, Cd, Hd, Wd) -> image (B, 3, H, W), unbounded (trained towards [-1, 1]).
+
+    ``extra_conv``: a third modulated 3x3 conv in every upsampled block (the authors'
+    ``--additional_decoder_conv``); ``channel_rule``: see :func:`synthesis_channels`.
+    """
 
     def __init__(
-        self, decoder_channels: int, tile_size: int, image_size: int, mapping_layers: int
+        self,
+        decoder_channels: int,
+        tile_size: int,
+        image_size: int,
+        mapping_layers: int,
+        channel_rule: str = "absolute",
+        extra_conv: bool = True,
     ) -> None:
         super().__init__()
         style_dim = decoder_channels
         self.mapping = StyleMapping(decoder_channels, mapping_layers)
-        channels = synthesis_channels(decoder_channels, tile_size, tile_size)
+        channels = synthesis_channels(decoder_channels, tile_size, tile_size, channel_rule)
         # First block at Hd: two convolutions on the feature block, then toRGB.
         self.input_convs = nn.ModuleList(
             [
@@ -161,15 +176,14 @@ class SynthesisDecoder(nn.Module):
         resolution = tile_size
         while resolution < image_size:
             resolution *= 2
-            out_channels = synthesis_channels(decoder_channels, tile_size, resolution)
-            self.blocks.append(
-                nn.ModuleList(
-                    [
-                        StyledConv(channels, out_channels, style_dim, resolution, upsample=True),
-                        StyledConv(out_channels, out_channels, style_dim, resolution),
-                    ]
-                )
-            )
+            out_channels = synthesis_channels(decoder_channels, tile_size, resolution, channel_rule)
+            convs = [
+                StyledConv(channels, out_channels, style_dim, resolution, upsample=True),
+                StyledConv(out_channels, out_channels, style_dim, resolution),
+            ]
+            if extra_conv:
+                convs.append(StyledConv(out_channels, out_channels, style_dim, resolution))
+            self.blocks.append(nn.ModuleList(convs))
             self.to_rgb.append(ToRGB(out_channels, style_dim))
             channels = out_channels
 
@@ -179,7 +193,8 @@ class SynthesisDecoder(nn.Module):
         for conv in self.input_convs:
             x = conv(x, style)
         image = self.input_rgb(x, style, None)
-        for (up_conv, conv), to_rgb in zip(self.blocks, self.to_rgb):
-            x = conv(up_conv(x, style), style)
+        for convs, to_rgb in zip(self.blocks, self.to_rgb):
+            for conv in convs:
+                x = conv(x, style)
             image = to_rgb(x, style, image)
         return image

@@ -1,9 +1,12 @@
 """BRICS autoencoder: presets, shapes, key codes, relaxed precision, gradients, persistence."""
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from gridcodes.levels import GridConfig, level_resolutions
 from models import PRESETS, BRICSAutoencoder, BRICSConfig, build_optimizers, get_preset
 from models.retrieval import combined_key_code, tile
 from tests.helpers import DEVICE
@@ -46,11 +49,101 @@ def test_every_preset_has_the_expected_shapes(name):
 
 def test_paper_presets_follow_the_tables():
     assert PRESETS["church-64x64x4"] == BRICSConfig()
-    assert PRESETS["church-64x64x4"].r_max == 64 and PRESETS["ffhq-16x16x16"].r_max == 32
+    # The authors' grid geometry: r_max 64 for every paper preset (the text's 32 for Hz <= 32
+    # stays available as max_resolution=None / the -text-grid preset).
+    assert PRESETS["church-64x64x4"].r_max == 64 and PRESETS["ffhq-16x16x16"].r_max == 64
+    assert get_preset("ffhq-16x16x16", max_resolution=None).r_max == 32
     assert PRESETS["church-64x64x4-ckey2"].n_groups == 2
     assert PRESETS["church-32x32x8-hd32"].tile_size == 32
     assert PRESETS["church-64x64x4-hash14"].grid_type == "hash"
     assert PRESETS["church-64x64x4-hash14"].log2_table_size == 14
+
+
+# Grid parameters of the paper's Tables 3, 7, 8 (millions) that the authors' geometry reproduces;
+# bench/results/complexity.md explains the two rows it does not (32x32x4, 16x16x16).
+PAPER_GRID_PARAMS = {
+    "church-64x64x4": 18.6,
+    "church-64x64x4-ckey2": 30.5,
+    "ffhq-16x16x8": 21.2,
+    "church-32x32x8": 21.2,
+    "church-32x32x8-hd32": 21.2,
+}
+
+
+def grid_parameters(config: BRICSConfig) -> int:
+    grid = GridConfig(
+        in_dim=config.key_length + 2,
+        n_groups=config.n_groups,
+        n_levels=config.n_levels,
+        n_features=config.n_features,
+        log2_table_size=config.log2_table_size,
+        resolutions=config.grid_resolutions,
+        grid_type=config.grid_type,
+    )
+    return grid.n_groups * grid.offsets[-1] * grid.n_features
+
+
+@pytest.mark.parametrize("name", list(PAPER_GRID_PARAMS))
+def test_grid_parameters_match_the_papers_tables(name):
+    assert grid_parameters(PRESETS[name]) / 1e6 == pytest.approx(PAPER_GRID_PARAMS[name], abs=0.05)
+
+
+def test_authors_and_text_grid_geometries():
+    authors, text = PRESETS["church-64x64x4"], PRESETS["church-64x64x4-text-grid"]
+    # ceil(r_min b^l) cells + 1 vertices: 16 -> 64 cells; the text's round(r_min b^l) vertices
+    assert authors.grid_resolutions[0] == 17 and authors.grid_resolutions[-1] == 65
+    assert text.grid_resolutions[0] == 4 and text.grid_resolutions[-1] == 64
+    assert text.grid_resolutions == level_resolutions(4, 64, 16)  # MultiResGrid's own rule
+    assert grid_parameters(text) / 1e6 == pytest.approx(9.84, abs=0.005)  # the first release
+    assert authors.relaxed_precision_std == text.relaxed_precision_std == 1 / (4 * 64)
+    with pytest.raises(ValueError, match="grid_resolution_rule"):
+        get_preset("tiny-32", grid_resolution_rule="paper")
+
+
+def decoder_parameters(config: BRICSConfig) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in BRICSAutoencoder(config, "torch").decoder.parameters())
+
+
+def test_decoder_has_the_authors_extra_conv_per_upsampled_resolution():
+    config = PRESETS["church-64x64x4"]
+    with torch.device("meta"):
+        decoder = BRICSAutoencoder(config, "torch").decoder
+    assert [len(block) for block in decoder.blocks] == [3, 3]  # 128^2 and 256^2
+    without = get_preset("church-64x64x4", decoder_extra_conv=False)
+    # one modulated 3x3 conv of 256 channels at 128^2 and of 128 channels at 256^2
+    extra = decoder_parameters(config) - decoder_parameters(without)
+    assert extra == pytest.approx(0.9e6, rel=0.05)
+
+
+def test_decoder_channels_follow_the_absolute_resolution():
+    from models.synthesis import synthesis_channels
+
+    assert [synthesis_channels(512, 64, r) for r in (32, 64, 128, 256)] == [512, 512, 256, 128]
+    assert [synthesis_channels(512, 32, r, "relative") for r in (32, 64, 128, 256)] == [
+        512,
+        256,
+        128,
+        64,
+    ]
+    # Table 8: the Hd = 32 decoder is the costlier one (85.1 vs 63.5 GFlops in the paper);
+    # channels relative to Hd made it the cheaper one.
+    assert decoder_macs(PRESETS["church-32x32x8-hd32"]) > decoder_macs(PRESETS["church-32x32x8"])
+    relative = {"decoder_channel_rule": "relative"}
+    assert decoder_macs(get_preset("church-32x32x8-hd32", **relative)) < decoder_macs(
+        get_preset("church-32x32x8", **relative)
+    )
+
+
+def decoder_macs(config: BRICSConfig) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        decoder = BRICSAutoencoder(config, "torch").decoder
+        block = torch.empty(1, config.decoder_channels, config.tile_size, config.tile_size)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            decoder(block)
+    return counter.get_total_flops() // 2
 
 
 def test_unknown_preset_lists_the_valid_ones():
@@ -107,7 +200,7 @@ def test_tiling_and_coordinates():
 
 
 def test_relaxed_precision_noise_only_in_training_and_of_the_stated_scale():
-    model = BRICSAutoencoder(TINY, grid_backend="torch")
+    model = BRICSAutoencoder(get_preset("tiny-32", noise_placement="tiled"), grid_backend="torch")
     key_code = torch.full((8, 4, 8, 8), 0.5)
     model.eval()
     assert torch.equal(
@@ -127,6 +220,19 @@ def test_relaxed_precision_noise_only_in_training_and_of_the_stated_scale():
     assert torch.equal(
         no_noise.train().retrieval.queries(key_code)[..., 0], key_code.new_full((8, 16, 16, 4), 0.5)
     )
+
+
+def test_relaxed_precision_noise_is_drawn_per_code_cell_by_default():
+    key_code = torch.full((64, 4, 8, 8), 0.5)
+    authors = BRICSAutoencoder(TINY, grid_backend="torch").train()  # noise_placement "code"
+    noise = authors.retrieval.queries(key_code)[..., 0] - 0.5  # (B, Hd, Wd, Nh)
+    blocks = noise.unflatten(1, (8, 2)).unflatten(3, (8, 2))  # (B, Hz, 2, Wz, 2, Nh)
+    assert torch.equal(blocks, blocks[:, :, :1, :, :1].expand_as(blocks))  # one draw per cell
+    # 16384 code cells: the sample std is within 3% of sigma
+    assert abs(blocks[:, :, 0, :, 0].std().item() * 4 * TINY.r_max - 1) < 0.03
+    text = BRICSAutoencoder(get_preset("tiny-32", noise_placement="tiled"), "torch").train()
+    noise = text.retrieval.queries(key_code)[..., 0].unflatten(1, (8, 2))
+    assert not torch.equal(noise[:, :, 0], noise[:, :, 1])
 
 
 def test_gradients_reach_the_encoder_through_the_grid_lookup():
@@ -179,6 +285,53 @@ def test_loading_with_a_different_config_names_the_field(tmp_path):
         BRICSAutoencoder.from_pretrained(tmp_path, config=other)
 
 
+def test_models_saved_before_the_authors_defaults_load_as_trained(tmp_path):
+    # A config.json written before grid_resolution_rule, noise_placement, decoder_channel_rule
+    # and decoder_extra_conv existed: those fields take the behaviour of the code that saved it.
+    old = get_preset("tiny-32", noise_placement="tiled")
+    model = BRICSAutoencoder(old, grid_backend="torch")
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for name in BRICSConfig.legacy_defaults:
+        del saved[name]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = BRICSAutoencoder.from_pretrained(tmp_path, grid_backend="torch")
+    assert loaded.config == old
+    # The first release's default preset, asked for under today's defaults: the error names
+    # every field whose default changed.
+    first_release = {**PRESETS["church-64x64x4"].to_dict(), "base_resolution": 4}
+    first_release["max_resolution"] = None
+    for name in BRICSConfig.legacy_defaults:
+        del first_release[name]
+    (tmp_path / "config.json").write_text(json.dumps(first_release))
+    with pytest.raises(ValueError, match=r"grid_resolution_rule: 'authors' != 'text'") as error:
+        BRICSAutoencoder.from_pretrained(tmp_path, config=PRESETS["church-64x64x4"])
+    for name in (
+        "decoder_extra_conv",
+        "decoder_channel_rule",
+        "noise_placement",
+        "base_resolution",
+    ):
+        assert name in str(error.value)
+
+
+def test_key_value_usage_rate_is_app_e_histogram_at_the_finest_resolution():
+    model = BRICSAutoencoder(TINY, grid_backend="torch")  # r_max 32
+    key_codes = torch.zeros(2, 4, 8, 8)
+    key_codes[:, 0] = 0.5  # slot 16 and 17
+    key_codes[:, 1] = 1.0  # clipped to slot 31, and 32
+    key_codes[:, 2, :4] = 0.1  # slot 3 (0.1 * 32 = 3.2) and 4; the rest slot 0 and 1
+    hits = model.key_value_hits(key_codes)
+    assert hits.shape == (4, 33) and hits.sum().item() == 2 * 4 * 128
+    assert hits[0, 16] == hits[0, 17] == 128 and hits[1, 31] == hits[1, 32] == 128
+    assert hits[2, [0, 1, 3, 4]].tolist() == [64, 64, 64, 64]
+    rate = model.key_value_usage_rate(model.key_value_hits(key_codes, hits.clone()))
+    torch.testing.assert_close(rate, torch.tensor([2, 2, 4, 2]) / 33)
+    # The grid occupancy of the same codes is another number (coarse levels are nearly full)
+    occupancy = model.grid_usage_rate(model.grid_hit_counts(key_codes))
+    assert occupancy[:, 0].min() > rate.max()
+
+
 def test_kl_variant_samples_in_training_and_is_deterministic_in_eval():
     model = BRICSAutoencoder(get_preset("tiny-32", key_regularization="kl"), grid_backend="torch")
     images = photo_patches(count=2)
@@ -210,6 +363,10 @@ def test_optimizers_follow_appendix_a2():
     assert d_opt.defaults["betas"] == (0.0, 0.99) and d_opt.defaults["eps"] == 1e-8
     assert ae_opt.defaults["lr"] == d_opt.defaults["lr"] == 2e-3
     assert {id(p) for p in ae_opt.param_groups[0]["params"]} == {id(p) for p in model.parameters()}
+    # lazy R1 every 16 steps: D's lr x 16/17 and betas ^ (16/17) (StyleGAN2)
+    _, lazy = build_optimizers(model, Discriminator(32, 32, 64), disc_reg_interval=16)
+    assert lazy.defaults["lr"] == pytest.approx(2e-3 * 16 / 17)
+    assert lazy.defaults["betas"] == pytest.approx((0.0, 0.99 ** (16 / 17)))
 
 
 def overfit(backend: str, steps: int) -> tuple[float, float, list[float]]:

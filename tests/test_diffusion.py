@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.diffusion import KeyCodeDiffusion, codes_to_data, data_to_codes, diffuse
-from models.samplers import SAMPLERS, ddim_sample, sample
+from models.samplers import LOG_SNR_START, SAMPLERS, ddim_sample, log_snr_grid, sample
 from models.schedules import ChenCosineSchedule, CosineSchedule, get_schedule, loss_weight, snr
 from models.unet import UNET_PRESETS, UNet, get_unet_preset
 
@@ -78,6 +78,27 @@ def test_samplers_match_a_gaussian_target(schedule, name, steps):
     # The tolerances leave that 5-sigma room plus the sampler's discretisation error.
     assert abs(x.mean().item() - mu) < 0.02, x.mean().item()
     assert abs(x.std().item() / s - 1) < 0.05, x.std().item()
+
+
+def test_dpm_solver_grid_starts_where_the_signal_begins():
+    schedule = ChenCosineSchedule()  # log-SNR ln(1e-9) = -20.7 at t = 1
+    times = log_snr_grid(schedule, 20, "cpu")
+    gamma = schedule.gamma(times[:-1])
+    log_snr = torch.log(gamma / (1 - gamma))
+    assert log_snr[0].item() == pytest.approx(LOG_SNR_START, abs=1e-3) and times[0] < 1
+    # uniform from there to t_min: 5 of 20 evaluations below log-SNR -6 (from ln 1e-9: 11)
+    assert int((log_snr <= -6).sum()) == 5
+    torch.testing.assert_close(log_snr.diff(), log_snr.diff()[:1].expand(19), rtol=1e-3, atol=0)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: s.name)
+@pytest.mark.parametrize(("steps", "tolerance"), [(10, 0.025), (20, 0.02)])
+def test_few_step_dpm_solver_reaches_the_target_std(schedule, steps, tolerance):
+    # Deterministic: the exact flow maps noise n to mu + s n, so the std is s * std(noise).
+    mu, s = 0.3, 0.5
+    noise = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = sample("dpm-solver++", GaussianScore(schedule, mu, s), schedule, noise, steps, clip=False)
+    assert abs(x.std().item() / (s * noise.std().item()) - 1) < tolerance, x.std().item()
 
 
 def test_ddim_with_zero_eta_is_deterministic_and_clips():

@@ -62,13 +62,13 @@ def test_r1_of_a_quadratic():
 def test_kl_of_a_standard_normal_is_zero_and_grows_away_from_it():
     zeros = torch.zeros(3, 4, 2, 2)
     assert kl_loss(zeros, zeros).item() == 0.0
-    # mean 1, var 1: 0.5 per element, 16 elements per sample
-    assert kl_loss(torch.ones(3, 4, 2, 2), zeros).item() == pytest.approx(8.0)
+    # mean 1, var 1: 0.5 per element, averaged over elements (the authors' scale, App. A.4)
+    assert kl_loss(torch.ones(3, 4, 2, 2), zeros).item() == pytest.approx(0.5)
     # mean 0, logvar log 2: 0.5 (2 - 1 - log 2) per element
     logvar = torch.full((3, 4, 2, 2), torch.log(torch.tensor(2.0)).item())
-    assert kl_loss(zeros, logvar).item() == pytest.approx(
-        16 * 0.5 * (1 - 0.6931471805599453), rel=1e-5
-    )
+    assert kl_loss(zeros, logvar).item() == pytest.approx(0.5 * (1 - 0.6931471805599453), rel=1e-5)
+    # the average does not grow with the code size (a sum would be 16,384x larger at 64x64x4)
+    assert kl_loss(torch.ones(1, 4, 64, 64), torch.zeros(1, 4, 64, 64)).item() == 0.5
 
 
 def test_adversarial_terms():
@@ -143,6 +143,7 @@ def test_perceptual_losses_with_random_backbones(kind):
     loss = (
         LPIPSLoss("vgg", pretrained=False) if kind == "lpips" else VGGFeatureLoss(pretrained=False)
     )
+    loss.RESIZE = 64  # 224 is tested on its own; the properties here hold at any size
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     y = (x + 0.3 * torch.randn_like(x)).clamp(-1, 1)
     assert loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
@@ -151,6 +152,14 @@ def test_perceptual_losses_with_random_backbones(kind):
     y.requires_grad_(True)
     loss(x, y).backward()  # gradients flow to the reconstruction
     assert y.grad.abs().sum() > 0
+
+
+def test_vgg_loss_is_the_authors_four_layers_at_224():
+    loss = VGGFeatureLoss(pretrained=False)
+    with torch.no_grad():
+        activations = loss._activations(torch.zeros(1, 3, 32, 32))
+    shapes = [tuple(a.shape[1:]) for a in activations]
+    assert shapes == [(64, 224, 224), (128, 112, 112), (256, 56, 56), (512, 28, 28)]
 
 
 def test_missing_pretrained_weights_name_the_cache_path(tmp_path, monkeypatch):

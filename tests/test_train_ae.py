@@ -1,17 +1,25 @@
 """Stage-1 training script end to end on the CPU: outputs, exact resume, crash safety, DDP."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from models.recipes import ae_recipe
 from tests.helpers import run_script
-from train.core.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from train.core.checkpoint import (
+    find_autoencoder,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+)
 
 ROOT = Path(__file__).parents[1]
 SCRIPT = ROOT / "train" / "ae.py"
@@ -74,6 +82,8 @@ def test_short_run_writes_logs_grids_metrics_and_checkpoints(tmp_path):
         assert set(metrics[key]) == {"mean", "std"}
     assert (
         0 < metrics["usage_rate"] <= 1
+        and 0 < metrics["key_value_usage_rate"] <= 1
+        and len(metrics["key_value_histogram"]) == 4
         and 0 <= metrics["key_code_min"] <= metrics["key_code_max"] <= 1
     )
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
@@ -82,6 +92,32 @@ def test_short_run_writes_logs_grids_metrics_and_checkpoints(tmp_path):
     assert saved["max_steps"] == 6 and saved["preset"] == "tiny-32"
     state = load_checkpoint(ckpt, {})
     assert state["step"] == 6 and {"ae_optimizer", "disc_optimizer", "scheduler"} <= set(state)
+    # Stage 1 keeps EMA weights; evaluation, the codes cache and sampling use them.
+    assert find_autoencoder(tmp_path) == ckpt / "ema" and state["ema_updates"] == 6
+    ema = load_file(str(ckpt / "ema" / "model.safetensors"))
+    current = load_file(str(ckpt / "autoencoder" / "model.safetensors"))
+    assert ema.keys() == current.keys()
+    assert any(not torch.equal(ema[k], current[k]) for k in ema)
+
+
+def test_checkpoints_without_ema_weights_resume_and_give_their_weights(tmp_path):
+    run(tmp_path, "--max-steps", "2", "--save-every", "2", "--eval-every", "100")
+    ckpt = latest_checkpoint(tmp_path)
+    shutil.rmtree(ckpt / "ema")  # as written before stage 1 kept EMA weights
+    assert find_autoencoder(tmp_path) == ckpt / "autoencoder"
+    resumed = run(tmp_path, "--max-steps", "3", "--save-every", "3", "--eval-every", "100")
+    assert "at step 2" in resumed.stderr
+    assert find_autoencoder(tmp_path) == latest_checkpoint(tmp_path) / "ema"
+
+
+def test_paper_presets_start_the_gan_at_step_0():
+    from train.ae import AEOptions
+
+    for preset, start in (("church-64x64x4", 0), ("ffhq-16x16x8", 0), ("tiny-32", 30000)):
+        options = AEOptions(preset=preset).with_recipe(ae_recipe(preset))
+        assert options.gan_start == start, preset
+    flagged = AEOptions(preset="church-64x64x4", gan_start=500)
+    assert flagged.with_recipe(ae_recipe("church-64x64x4")).gan_start == 500
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
@@ -181,10 +217,31 @@ def test_two_processes_on_cpu(tmp_path):
         "--dynamo_backend",
         "no",
     ]
-    run(tmp_path, "--max-steps", "3", "--save-every", "3", "--eval-every", "3", launcher=launcher)
-    ckpt = latest_checkpoint(tmp_path)
+    # Warm-up over 8 optimizer steps: the lr of every step equals the one-process run's (a
+    # prepared scheduler would step once per process and end the warm-up at step 4).
+    args = ["--max-steps", "3", "--save-every", "3", "--eval-every", "3", "--log-every", "1"]
+    args += ["--warmup-steps", "8"]
+    run(tmp_path / "two", *args, launcher=launcher)
+    run(tmp_path / "one", *args)
+    ckpt = latest_checkpoint(tmp_path / "two")
     assert {p.name for p in ckpt.glob("rng_rank*.pt")} == {"rng_rank0.pt", "rng_rank1.pt"}
-    assert load_checkpoint(ckpt, {})["step"] == 3
+    state = load_checkpoint(ckpt, {})
+    assert state["step"] == 3 and state["scheduler"]["last_epoch"] == 3
+    lrs = logged_lr(tmp_path / "two")
+    assert lrs == logged_lr(tmp_path / "one") == pytest.approx([5e-4 * k / 8 for k in (2, 3, 4)])
+
+
+def logged_lr(run_dir: Path) -> list[float]:
+    """The ``train/lr`` values of a run's TensorBoard log, by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = []
+    for events in run_dir.rglob("events.out.tfevents.*"):
+        log = EventAccumulator(str(events))
+        log.Reload()
+        if "train/lr" in log.Tags()["scalars"]:
+            scalars += log.Scalars("train/lr")
+    return [event.value for event in sorted(scalars, key=lambda e: e.step)]
 
 
 def test_eval_entry_point_writes_metrics_and_a_grid(tmp_path):

@@ -5,13 +5,15 @@
     accelerate launch --multi_gpu --num_processes 8 train/ae.py --config my_run.yaml
 
 Alternates autoencoder and discriminator updates (the GAN term starts after
-``--gan-start`` steps), evaluates on the held-out split, writes image grids, TensorBoard
-logs and crash-safe checkpoints to ``--output-dir``, and resumes from the latest
+``--gan-start`` steps), keeps EMA weights of the autoencoder (used by evaluation, the codes
+cache of stage 2 and sampling), evaluates them on the held-out split, writes image grids,
+TensorBoard logs and crash-safe checkpoints to ``--output-dir``, and resumes from the latest
 checkpoint there. SIGTERM / SIGINT save a checkpoint and exit cleanly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ from models.losses import resolve_perceptual_loss
 from models.recipes import ae_recipe
 from train.core.data import build_dataset
 from train.core.evaluation import evaluate_autoencoder, save_reconstruction_grid, write_metrics
-from train.core.loop import Stage, launch, lr_factor, make_accelerator
+from train.core.loop import EMA, Stage, launch, lr_factor, make_accelerator
 from train.core.metrics import try_lpips
 from train.core.options import RunOptions, option, parse_options
 
@@ -50,8 +52,15 @@ class AEOptions(RunOptions):
         "small-64", "model preset and its recipe (models/config.py)", tuple(PRESETS)
     )
     data: str = option("embedded", "'embedded' (built-in photos), an image folder or an LMDB")
-    gan_start: int = option(
-        30000, "step at which the adversarial loss starts (taming-transformers' VQGAN: 30001)"
+    gan_start: int | None = option(
+        None,
+        "step at which the adversarial loss starts (default: the recipe's; the paper presets "
+        "0 as the authors' StyleGAN2 loss, the CPU presets 30000 as taming-transformers' VQGAN)",
+    )
+    ema_decay: float = option(
+        0.999,
+        "decay of the autoencoder's EMA weights (the authors' G_ema: 0.5 ** (batch / 10k images)"
+        " = 0.99917 at batch 12), with the (1 + n) / (10 + n) warm-up",
     )
     gan: str = option(
         "wgan-gp",
@@ -75,6 +84,20 @@ class AEOptions(RunOptions):
     eval_images: int = option(0, "held-out images per periodic evaluation (0: all)")
 
     POSITIVE = (*RunOptions.POSITIVE, "eval_every")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"need 0 <= --ema-decay < 1, got {self.ema_decay}")
+        if self.gan_start is not None and self.gan_start < 0:
+            raise ValueError(f"--gan-start must be >= 0, got {self.gan_start}")
+
+    def with_recipe(self, recipe) -> AEOptions:
+        """These options with the recipe's lr, batch, duration and GAN start where unset."""
+        options = super().with_recipe(recipe)
+        if options.gan_start is None:
+            options = dataclasses.replace(options, gan_start=recipe.gan_start)
+        return options
 
     def model_config(self):
         overrides = {
@@ -107,10 +130,14 @@ class AutoencoderStage(Stage):
         set_seed(options.seed)  # identical initialisation on every process
         autoencoder = BRICSAutoencoder(config, grid_backend=options.grid_backend)
         disc = Discriminator(config.image_size, config.disc_channels, config.disc_max_channels)
-        ae_opt, disc_opt = build_optimizers(autoencoder, disc, options.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(ae_opt, lr_factor(options.warmup_steps))
-        prepared = acc.prepare(autoencoder, disc, ae_opt, disc_opt, scheduler)
-        self.autoencoder, self.disc, self.ae_opt, self.disc_opt, self.scheduler = prepared
+        self.ema = EMA(autoencoder, options.ema_decay)
+        lazy_r1 = self.losses.r1_interval if options.gan == "nonsaturating-r1" else None
+        ae_opt, disc_opt = build_optimizers(autoencoder, disc, options.lr, lazy_r1)
+        # Not prepared: the lifecycle steps it once per optimizer step (loop.run_steps).
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(ae_opt, lr_factor(options.warmup_steps))
+        prepared = acc.prepare(autoencoder, disc, ae_opt, disc_opt)
+        self.autoencoder, self.disc, self.ae_opt, self.disc_opt = prepared
+        self.ema.model.to(acc.device)
         self.eval_lpips = try_lpips("alex", acc.device) if self.val_set is not None else None
 
     def networks(self) -> dict:
@@ -142,7 +169,6 @@ class AutoencoderStage(Stage):
                 )
             acc.backward(g_loss)
             self.ae_opt.step()
-            self.scheduler.step()
             self.ae_opt.zero_grad(set_to_none=True)
             if gan_active:
                 d_loss, d_terms = discriminator_loss(
@@ -156,12 +182,13 @@ class AutoencoderStage(Stage):
         return {k: v.detach() for k, v in terms.items()}
 
     def evaluate(self) -> None:
-        """Held-out metrics and an image grid (main process) every ``eval_every`` steps."""
+        """Held-out metrics of the EMA weights and an image grid (main process) every
+        ``eval_every`` steps."""
         o, acc = self.options, self.accelerator
         due = self.step % o.eval_every == 0 or self.step == o.max_steps
         if not due or self.val_set is None or not acc.is_main_process:
             return
-        model = acc.unwrap_model(self.autoencoder)
+        model = self.ema.model
         limit = o.eval_images or len(self.val_set)
         batch = o.micro_batch(acc.num_processes)
         metrics = evaluate_autoencoder(

@@ -102,8 +102,9 @@ class DiffusionStage(Stage):
         self.ema = EMA(unet, options.ema_decay)
         optimizer = torch.optim.AdamW(unet.parameters(), lr=options.lr, weight_decay=0.0)
         factor = lr_factor(options.warmup, options.decay_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        self.unet, self.optimizer, self.scheduler = acc.prepare(unet, optimizer, scheduler)
+        # Not prepared: the lifecycle steps it once per optimizer step (loop.run_steps).
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        self.unet, self.optimizer = acc.prepare(unet, optimizer)
         self.ema.model.to(acc.device)
         self.schedule = get_schedule(options.schedule)
         self.diffusion = KeyCodeDiffusion(self.unet, self.schedule)
@@ -128,7 +129,6 @@ class DiffusionStage(Stage):
                 loss = self.diffusion.loss(x0)
             acc.backward(loss)
             self.optimizer.step()
-            self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss.detach()}
 

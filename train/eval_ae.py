@@ -4,8 +4,8 @@
     python train/eval_ae.py --checkpoint runs/ae --data /data/church --split val --out church.json
 
 Writes a JSON of PSNR / SSIM / LPIPS (mean ± std over images; LPIPS when its weights are
-cached), the grid usage rate and key-code statistics, and a PNG of inputs above their
-reconstructions.
+cached), the two grid usage rates (grid levels; App. E's key values) and key-code
+statistics, and a PNG of inputs above their reconstructions.
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"PSNR {metrics['psnr']['mean']:.2f} ± {metrics['psnr']['std']:.2f} dB, "
         f"SSIM {metrics['ssim']['mean']:.4f} ± {metrics['ssim']['std']:.4f}, LPIPS {lpips_text}, "
-        f"usage {metrics['usage_rate']:.3f} over {metrics['images']} images"
+        f"usage {metrics['usage_rate']:.3f} (grid levels) / "
+        f"{metrics['key_value_usage_rate']:.3f} (key values, App. E) "
+        f"over {metrics['images']} images"
     )
     print(f"wrote {out} and {grid}")
     return 0

@@ -1,6 +1,10 @@
 """Generate images with a stage-2 diffusion model's EMA weights and the stage-1 decoder.
 
     python train/sample.py --run runs/diffusion --n 64 --sampler dpm-solver++ --steps 20 --seed 0
+    python train/sample.py --run runs/diffusion --n 50000 --sampler ddpm --steps 1000  # paper
+
+The paper names no sampler; the authors' evaluation script samples with Imagen's 1000-step
+ancestral sampler, x_0 clipped to [-1, 1] at every step (``--clip-x0``, on by default).
 
 Writes ``--n`` PNGs (``000000.png`` ...) to ``--out`` and a grid of them beside the folder.
 """
@@ -25,7 +29,7 @@ from models.unet import UNet
 from train.core.checkpoint import find_autoencoder, latest_checkpoint
 from train.core.evaluation import save_image_grid
 from train.core.metrics import to_unit
-from train.core.options import add_device_arguments
+from train.core.options import add_device_arguments, parse_bool
 
 
 def find_diffusion_checkpoint(path: Path) -> Path:
@@ -51,7 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=64, help="number of images")
     parser.add_argument("--sampler", default="dpm-solver++", choices=SAMPLERS, help="sampler")
     parser.add_argument(
-        "--steps", type=int, default=20, help="sampler steps (the authors: 20 DPM-Solver++)"
+        "--steps",
+        type=int,
+        default=20,
+        help="sampler steps (the authors' evaluation: 1000 ancestral 'ddpm' steps)",
+    )
+    parser.add_argument(
+        "--clip-x0",
+        type=parse_bool,
+        default=True,
+        help="clip each step's x_0 prediction to [-1, 1] (true/false; the authors: true)",
     )
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the initial noise")
@@ -86,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{autoencoder.config.code_size}^2 do not match the UNet's"
         )
     pipeline = KeyCodePipeline(unet, autoencoder, get_schedule(options["schedule"]))
-    images = pipeline.sample(args.n, args.sampler, args.steps, args.seed, args.eta, args.batch_size)
+    images = pipeline.sample(
+        args.n, args.sampler, args.steps, args.seed, args.eta, args.batch_size, args.clip_x0
+    )
     out = args.out or ckpt.parent.parent / f"samples_{args.sampler}_{args.steps}_seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(to_unit(images)):

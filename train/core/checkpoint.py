@@ -124,6 +124,12 @@ def save_checkpoint(
     return final if accelerator.is_main_process else None
 
 
+def has_network(path: Path, name: str) -> bool:
+    """Whether checkpoint ``path`` holds the weights of network ``name``."""
+    path = Path(path)
+    return (path / name / WEIGHTS_FILE).is_file() or (path / f"{name}.safetensors").is_file()
+
+
 def load_checkpoint(path: Path, models: dict[str, nn.Module]) -> dict:
     """Load weights into ``models`` (unwrapped modules); returns the training state."""
     path = Path(path)
@@ -161,18 +167,21 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def find_autoencoder(path: Path) -> Path:
-    """The ``save_pretrained`` folder of an autoencoder: itself, a checkpoint's or a run's."""
+    """The ``save_pretrained`` folder of an autoencoder: itself, a checkpoint's or a run's.
+
+    In a stage-1 checkpoint that holds EMA weights (``ema`` beside ``autoencoder``), those:
+    evaluation, the codes cache and sampling use the EMA weights, as the authors' G_ema.
+    Checkpoints written before stage 1 kept EMA weights give their ``autoencoder``.
+    """
     path = Path(path)
     if is_saved_model(path):
         return path
-    if is_saved_model(path / "autoencoder"):
-        return path / "autoencoder"
-    latest = latest_checkpoint(path)
-    if latest is not None:
-        return latest / "autoencoder"
-    raise FileNotFoundError(
-        f"no stage-1 autoencoder under {path} (a run, checkpoint or model folder)"
-    )
+    latest = path if is_saved_model(path / "autoencoder") else latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(
+            f"no stage-1 autoencoder under {path} (a run, checkpoint or model folder)"
+        )
+    return latest / "ema" if is_saved_model(latest / "ema") else latest / "autoencoder"
 
 
 def check_saved_config(path: Path, name: str, expected) -> None:

@@ -23,14 +23,16 @@ def evaluate_autoencoder(
 
     ``model`` is an unwrapped :class:`models.BRICSAutoencoder`, evaluated in eval mode (no
     key-code noise). ``lpips_module``: a module, None (skip), or "auto" (LPIPS-alex when
-    its weights are cached). The usage rate is the fraction of grid entries hit by the
-    held-out key codes, averaged over groups and levels.
+    its weights are cached). Two usage rates: ``usage_rate``, the fraction of grid entries
+    hit by the held-out key codes averaged over groups and levels (ours), and
+    ``key_value_usage_rate``, App. E / Fig. 3b's fraction of key-value slots hit at the finest
+    resolution (floor(z r_max) and the next), averaged over code channels, with its histogram.
     """
     was_training = model.training
     model.eval()
     if lpips_module == "auto":
         lpips_module = try_lpips("alex", device)
-    counts = None
+    counts = key_hits = None
     scores = {"psnr": [], "ssim": [], "lpips": []}
     codes = []
     n = min(limit, len(dataset))
@@ -46,6 +48,7 @@ def evaluate_autoencoder(
             scores["lpips"].append(lpips_module.per_image(rec.clamp(-1, 1), images))
         codes.append(out.key_code.float().cpu())
         counts = model.grid_hit_counts(out.key_code, counts)
+        key_hits = model.key_value_hits(out.key_code, key_hits)
     model.train(was_training)
     code = torch.cat(codes)
     rates = model.grid_usage_rate(counts)
@@ -57,6 +60,8 @@ def evaluate_autoencoder(
             "data_range": "PSNR and SSIM on images in [0, 1], data range 1",
             "usage_rate": rates.mean().item(),
             "usage_rate_per_level": rates.mean(dim=0).tolist(),
+            "key_value_usage_rate": model.key_value_usage_rate(key_hits).mean().item(),
+            "key_value_histogram": key_hits.tolist(),
             "key_code_min": code.min().item(),
             "key_code_max": code.max().item(),
             "key_code_mean": code.mean().item(),
@@ -98,7 +103,8 @@ def write_metrics(run_dir: Path, step: int, metrics: dict) -> dict[str, float]:
     psnr_db, ssim_index = metrics["psnr"]["mean"], metrics["ssim"]["mean"]
     tqdm.write(
         f"step {step}: PSNR {psnr_db:.2f} dB, SSIM {ssim_index:.3f}, "
-        f"usage {metrics['usage_rate']:.3f}",
+        f"usage {metrics['usage_rate']:.3f} (grid levels), "
+        f"{metrics['key_value_usage_rate']:.3f} (key values, App. E)",
         file=sys.stdout,
     )
     with open(run_dir / "metrics.jsonl", "a") as f:

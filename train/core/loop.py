@@ -77,7 +77,10 @@ class Stage(ABC):
     @abstractmethod
     def stateful(self) -> dict[str, object]:
         """Optimizers and schedulers a checkpoint holds (anything with ``state_dict``), by name.
-        The stage's learning-rate scheduler is ``self.scheduler``."""
+        The stage's learning-rate scheduler is ``self.scheduler``, NOT passed to
+        ``accelerator.prepare`` (a prepared scheduler steps once per process per optimizer
+        step): the lifecycle steps it once per optimizer step, so a schedule counts optimizer
+        steps whatever the number of processes."""
 
     @abstractmethod
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -199,6 +202,7 @@ def run_steps(stage: Stage) -> None:
         if micro % options.grad_accum:
             continue
         stage.step += 1
+        stage.scheduler.step()
         if stage.ema is not None:
             stage.ema.update()
         progress.update(1)
@@ -248,14 +252,23 @@ def restore(stage: Stage) -> Path | None:
         checkpoint.check_saved_config(path, name, config)
     checkpoint.check_saved_batch(path, options.batch_size)
     networks = stage.networks()
-    if stage.ema is not None:
+    # Stage-1 checkpoints written before it kept EMA weights: the EMA starts from the weights.
+    has_ema = stage.ema is not None and checkpoint.has_network(path, "ema")
+    if has_ema:
         networks["ema"] = stage.ema.model
     state = checkpoint.load_checkpoint(path, networks)
     for name, obj in stage.stateful().items():
         obj.load_state_dict(state[name])
-    if stage.ema is not None:
+    if has_ema:
         stage.ema.updates = int(state["ema_updates"])
+    elif stage.ema is not None:
+        stage.ema.model.load_state_dict(stage.ema.source.state_dict())
     stage.step = int(state["step"])
+    if stage.scheduler.last_epoch != stage.step:
+        # Written by a run whose prepared scheduler stepped once per process: re-align the
+        # schedule with the optimizer steps.
+        stage.scheduler.last_epoch = stage.step - 1
+        stage.scheduler.step()
     if stage.accelerator.is_main_process:
         logging.getLogger(f"train.{stage.name}").info(
             "resumed from %s at step %d", path, stage.step

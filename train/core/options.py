@@ -109,11 +109,11 @@ def _parser_type(annotation):
         inner = _parser_type(args[0])
         return lambda text: None if text.lower() in ("none", "null", "") else inner(text)
     if annotation is bool:
-        return _parse_bool
+        return parse_bool
     return annotation
 
 
-def _parse_bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
     lowered = text.lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
