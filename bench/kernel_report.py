@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ of this checkout
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_grid import SHAPES
 
