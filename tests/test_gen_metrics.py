@@ -1,9 +1,16 @@
-"""Generation-metric arithmetic on random-weight features, and the missing-weights errors."""
+"""Generation-metric arithmetic on random-weight features, and the missing-weights errors;
+the offline metrics (sliced Wasserstein on pyramid patches, energy distance) on real photos."""
 
+import json
+import math
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from train.core import gen_metrics
+from train.core.data import EmbeddedPhotos
 from train.eval_gen import build_extractors
 
 
@@ -99,3 +106,155 @@ def test_eval_gen_computes_every_metric_with_random_weight_networks(tmp_path):
     assert results["precision"] == results["recall"] == 1.0
     assert results["inception_score"]["mean"] >= 1.0
     assert (tmp_path / "nn.png").is_file()
+    assert results["swd"] == {"levels": {"32": 0.0, "16": 0.0}, "mean": 0.0}
+
+
+# --- offline metrics -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def photos() -> torch.Tensor:
+    """The embedded validation patches as uint8 (184, 3, 64, 64)."""
+    return to_uint8(EmbeddedPhotos("val", 64).patches)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return ((images.float() + 1) * 127.5).round().clamp(0, 255).byte()
+
+
+def blurred(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    from torchvision.transforms.functional import gaussian_blur
+
+    size = 2 * math.ceil(3 * sigma) + 1
+    return gaussian_blur(images.float(), [size, size], [sigma, sigma]).round().byte()
+
+
+def noised(images: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
+    noise = std * torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+    return (images.float() + noise).round().clamp(0, 255).byte()
+
+
+def test_laplacian_pyramid_matches_progan_and_reconstructs():
+    from scipy.ndimage import convolve
+
+    images = to_uint8(EmbeddedPhotos("val", 32).patches[:4])
+    # ProGAN's metrics/sliced_wasserstein.py: pyr_down / pyr_up with scipy, mode "mirror"
+    kernel = np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]).astype(np.float32)[None, None] / 256
+
+    def pyr_up(x):
+        up = np.zeros((*x.shape[:2], 2 * x.shape[2], 2 * x.shape[3]), np.float32)
+        up[:, :, ::2, ::2] = x
+        return convolve(up, kernel * 4, mode="mirror")
+
+    expected = [images.numpy().astype(np.float32)]
+    for _ in range(2):
+        expected.append(convolve(expected[-1], kernel, mode="mirror")[:, :, ::2, ::2])
+        expected[-2] = expected[-2] - pyr_up(expected[-1])
+    pyramid = gen_metrics.laplacian_pyramid(images, 3)
+    assert [tuple(level.shape[-2:]) for level in pyramid] == [(32, 32), (16, 16), (8, 8)]
+    for level, reference in zip(pyramid, expected):
+        np.testing.assert_allclose(level.numpy(), reference, atol=1e-3)
+    image = pyramid[2]
+    for level in (pyramid[1], pyramid[0]):
+        image = level + gen_metrics._pyramid_up(image)
+    torch.testing.assert_close(image, images.float(), atol=1e-3, rtol=0)
+    assert gen_metrics.swd_resolutions(64, 64) == [64, 32, 16]
+    assert gen_metrics.swd_resolutions(256, 256) == [256, 128, 64, 32, 16]
+
+
+@pytest.fixture(scope="module")
+def degraded_swd(photos) -> dict:
+    """SWD of the photos against blurred (sigma px) and noised (std grey levels) copies."""
+    return {
+        "blur": {
+            s: gen_metrics.sliced_wasserstein(photos, blurred(photos, s)) for s in (0.5, 1, 2)
+        },
+        "noise": {
+            s: gen_metrics.sliced_wasserstein(photos, noised(photos, s)) for s in (4, 16, 48)
+        },
+    }
+
+
+def test_swd_of_a_set_with_itself_is_zero(photos, degraded_swd):
+    same = gen_metrics.sliced_wasserstein(photos, photos.clone())
+    assert same == {"levels": {"64": 0.0, "32": 0.0, "16": 0.0}, "mean": 0.0}
+    assert degraded_swd["noise"][4]["mean"] > 10  # x 1e3 scale; measured 58.8
+
+
+@pytest.mark.parametrize("degradation", ["blur", "noise"])
+def test_swd_grows_monotonically_with_blur_and_noise(degraded_swd, degradation):
+    results = list(degraded_swd[degradation].values())  # increasing sigma / std
+    for key in ("64", "32", "16"):  # every level, the residual 16 included
+        values = [r["levels"][key] for r in results]
+        assert values == sorted(values) and len(set(values)) == 3, (key, values)
+    means = [r["mean"] for r in results]
+    assert means == sorted(means) and len(set(means)) == 3
+    for r in results:
+        assert r["mean"] == pytest.approx(np.mean(list(r["levels"].values())))
+
+
+def test_swd_is_deterministic_per_seed(photos):
+    a, b = photos[:48], noised(photos[:32], 16)  # different counts: the larger is subsampled
+    swd = lambda seed: gen_metrics.sliced_wasserstein(a, b, projections=128, seed=seed)
+    first = swd(3)
+    assert swd(3) == first
+    other = swd(4)
+    assert other != first
+    assert other["mean"] == pytest.approx(first["mean"], rel=0.1)
+    with pytest.raises(TypeError):
+        gen_metrics.sliced_wasserstein(a.float(), b)
+
+
+def test_energy_distance():
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(500, 16, generator=generator) for _ in range(2))
+    shifted = [gen_metrics.energy_distance(a, b + shift) for shift in (0.25, 0.5, 1.0, 2.0)]
+    assert shifted == sorted(shifted)
+    # same distribution: 0 in expectation (U-statistic), tiny against a 0.25-per-dim shift
+    assert abs(gen_metrics.energy_distance(a, b)) < 0.05 * shifted[0]
+    # two point masses at distance d: 2 E|X - Y| = 2d, both within-set terms 0
+    x, y = torch.randn(2, 8, generator=generator)
+    d = (x - y).norm().item()
+    points = gen_metrics.energy_distance(x.expand(5, 8), y.expand(7, 8))
+    assert points == pytest.approx(2 * d, rel=1e-6)
+    # U-statistic: {0, 1} against itself gives 2 * 0.5 - 1 - 1 = -1 (a V-statistic: 0)
+    pair = torch.tensor([[0.0], [1.0]])
+    assert gen_metrics.energy_distance(pair, pair) == pytest.approx(-1.0)
+
+
+def test_eval_gen_swd_and_energy_distance_offline(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from train.eval_gen import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))
+    assert build_extractors(["swd"], "cpu") == {}  # nothing to download
+    references = to_uint8(EmbeddedPhotos("val", 64).patches[:24])
+    for name, images in (("copies", references), ("noised", noised(references, 32))):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i, image in enumerate(images):
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:06d}.png")
+    codes = torch.rand(30, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.save(codes, tmp_path / "codes.pt")
+    save_file({"codes": codes[:20] + 0.5}, str(tmp_path / "reference.safetensors"))
+    common = ["--data", "embedded", "--split", "val", "--limit", "24", "--metrics", "swd"]
+    common += ["--device", "cpu"]
+    assert (
+        main(["--samples", str(tmp_path / "copies"), "--out", str(tmp_path / "a.json"), *common])
+        == 0
+    )
+    copies = json.loads((tmp_path / "a.json").read_text())
+    assert copies["samples"] == copies["references"] == 24
+    assert copies["swd"] == {"levels": {"64": 0.0, "32": 0.0, "16": 0.0}, "mean": 0.0}
+    codes_args = ["--codes", str(tmp_path / "codes.pt")]
+    codes_args += ["--reference-codes", str(tmp_path / "reference.safetensors")]
+    out = tmp_path / "b.json"
+    assert (
+        main(["--samples", str(tmp_path / "noised"), "--out", str(out), *common, *codes_args]) == 0
+    )
+    noisy = json.loads(out.read_text())
+    assert min(noisy["swd"]["levels"].values()) > 0 and noisy["swd"]["mean"] > 10, noisy["swd"]
+    expected = gen_metrics.energy_distance(codes.flatten(1), codes[:20].flatten(1) + 0.5)
+    assert noisy["energy_distance"] == pytest.approx(expected)
+    assert expected > 1.0
+    with pytest.raises(SystemExit):
+        main(["--samples", str(tmp_path / "noised"), "--codes", str(tmp_path / "codes.pt")])

@@ -2,10 +2,13 @@
 
     python train/eval_gen.py --samples runs/diffusion/samples_dpm-solver++_20_seed0 --data embedded
 
-Computes FID and CLIP-FID (clean-fid), the Inception score, precision / recall (k = 3) and
-a grid of each sample's nearest training images by LPIPS; writes a JSON and a PNG. Every
-requested metric's pretrained weights are checked first: a missing file stops the run with
-its path, never a silent zero. ``--metrics`` selects a subset.
+Computes FID and CLIP-FID (clean-fid), the Inception score, precision / recall (k = 3), a
+grid of each sample's nearest training images by LPIPS, and the sliced Wasserstein distance
+of Laplacian-pyramid patches (ProGAN's SWD, x 1e3; no network weights); writes a JSON and a
+PNG. Every requested metric's pretrained weights are checked first: a missing file stops the
+run with its path, never a silent zero. ``--metrics`` selects a subset; ``--metrics swd``
+runs offline. With ``--codes`` and ``--reference-codes`` it also reports the energy distance
+of sampled key codes to the held-out codes (also offline).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ and trai
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from models.losses import LPIPSLoss
 from train.core import gen_metrics
@@ -27,7 +31,8 @@ from train.core.data import IMAGE_EXTENSIONS, build_dataset
 from train.core.evaluation import save_image_grid
 from train.core.options import add_device_arguments
 
-METRICS = ("fid", "clip-fid", "is", "precision-recall", "neighbours")
+METRICS = ("fid", "clip-fid", "is", "precision-recall", "neighbours", "swd")
+OFFLINE = ("swd",)  # metrics that need no pretrained network
 
 
 def load_samples(folder: Path, limit: int) -> torch.Tensor:
@@ -48,6 +53,21 @@ def load_references(data: str, split: str, size: int, limit: int) -> torch.Tenso
     return ((images + 1) * 127.5).round().clamp(0, 255).byte()
 
 
+def load_codes(path: Path) -> torch.Tensor:
+    """Key codes (N, ...) of a .safetensors file (its tensor "codes", as in the code cache of
+    train/core/codes.py, or its only tensor) or of a .pt file (a tensor or a dict with "codes")."""
+    if path.suffix == ".safetensors":
+        tensors = load_file(str(path))
+    else:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        tensors = loaded if isinstance(loaded, dict) else {"codes": loaded}
+    if "codes" in tensors:
+        return tensors["codes"]
+    if len(tensors) == 1:
+        return next(iter(tensors.values()))
+    raise KeyError(f"{path} holds {sorted(tensors)}, none named 'codes'")
+
+
 def build_extractors(metrics: list[str], device) -> dict:
     """Pretrained networks of the requested metrics; all missing weights reported at once."""
     builders = {
@@ -59,6 +79,8 @@ def build_extractors(metrics: list[str], device) -> dict:
     }
     extractors, missing = {}, []
     for name in metrics:
+        if name in OFFLINE:
+            continue
         try:
             extractors[name] = builders[name](device)
         except (FileNotFoundError, ImportError) as error:
@@ -117,6 +139,8 @@ def compute(
         rows = [torch.cat([to_signed(s)[None], to_signed(refs[i])]) for s, i in zip(shown, index)]
         save_image_grid(torch.cat(rows), grid_path, columns=5)
         results["neighbours_grid"] = str(grid_path)
+    if "swd" in metrics:  # ProGAN's SWD x 1e3 per pyramid level and their mean
+        results["swd"] = gen_metrics.sliced_wasserstein(samples, references)
     return results
 
 
@@ -136,15 +160,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="metrics JSON (default: <samples>_metrics.json)"
     )
+    parser.add_argument(
+        "--codes",
+        type=Path,
+        default=None,
+        help="sampled key codes (N, Cz, Hz, Wz) in [0, 1], a .safetensors ('codes' tensor) or "
+        ".pt file (train/sample.py writes <samples>_codes.safetensors); with "
+        "--reference-codes, adds their energy distance (Euclidean, U-statistic, flattened "
+        "codes) to the results",
+    )
+    parser.add_argument(
+        "--reference-codes",
+        type=Path,
+        default=None,
+        help="held-out key codes to compare --codes with, same format, e.g. a code cache "
+        "written by train.core.codes.load_or_encode for the val split",
+    )
     add_device_arguments(parser, grid_backend=False)
     args = parser.parse_args(argv)
+    if (args.codes is None) != (args.reference_codes is None):
+        parser.error("--codes and --reference-codes go together")
     extractors = build_extractors(args.metrics, args.device)  # before any slow work
+    codes = (
+        None if args.codes is None else (load_codes(args.codes), load_codes(args.reference_codes))
+    )
     samples = load_samples(args.samples, args.limit)
     references = load_references(args.data, args.split, samples.shape[-1], args.limit)
     out = args.out or args.samples.with_name(args.samples.name + "_metrics.json")
     results = compute(
         args.metrics, extractors, samples, references, out.with_suffix(".png"), args.device
     )
+    if codes is not None:
+        results["energy_distance"] = gen_metrics.energy_distance(*codes)
+        results.update({"codes": str(args.codes), "reference_codes": str(args.reference_codes)})
     results.update({"samples_folder": str(args.samples), "data": args.data, "split": args.split})
     out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
