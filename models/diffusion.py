@@ -75,13 +75,28 @@ class KeyCodePipeline:
         batch_size: int = 64,
         clip: bool = True,
     ) -> torch.Tensor:
-        """``n`` images (n, 3, H, W) in [-1, 1] on the CPU, drawn in batches of ``batch_size``
-        from one generator seeded with ``seed`` on the UNet's device; ``clip``: x_0 predictions
-        clipped to [-1, 1] at every step."""
+        """``n`` images (n, 3, H, W) in [-1, 1] on the CPU: :meth:`sample_codes` decoded."""
+        codes = self.sample_codes(n, sampler, steps, seed, eta, batch_size, clip)
+        return self.decode(codes, batch_size)
+
+    @torch.no_grad()
+    def sample_codes(
+        self,
+        n: int,
+        sampler: str = "dpm-solver++",
+        steps: int = 20,
+        seed: int = 0,
+        eta: float = 0.0,
+        batch_size: int = 64,
+        clip: bool = True,
+    ) -> torch.Tensor:
+        """``n`` key codes (n, Cz, Hz, Wz) float32 in [0, 1] on the UNet's device, drawn in
+        batches of ``batch_size`` from one generator seeded with ``seed`` on that device;
+        ``clip``: x_0 predictions clipped to [-1, 1] at every step."""
         c = self.unet.config
         device = next(self.unet.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed)
-        images = []
+        codes = []
         for start in range(0, n, batch_size):
             shape = (min(batch_size, n - start), c.code_channels, c.code_size, c.code_size)
             noise = torch.randn(shape, generator=generator, device=device)
@@ -95,6 +110,15 @@ class KeyCodePipeline:
                 clip=clip,
                 generator=generator,
             )
-            decoded = self.autoencoder.decode(data_to_codes(x0).float())
-            images.append(decoded.clamp(-1, 1).cpu())
-        return torch.cat(images)
+            codes.append(data_to_codes(x0).float())
+        return torch.cat(codes)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Images (n, 3, H, W) in [-1, 1] on the CPU of key codes (n, Cz, Hz, Wz) in [0, 1]."""
+        return torch.cat(
+            [
+                self.autoencoder.decode(codes[i : i + batch_size]).clamp(-1, 1).cpu()
+                for i in range(0, len(codes), batch_size)
+            ]
+        )

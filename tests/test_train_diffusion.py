@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from models import BRICSAutoencoder, get_preset
 from tests.helpers import run_script
-from train.core.checkpoint import latest_checkpoint, load_checkpoint
+from train.core.checkpoint import find_autoencoder, latest_checkpoint, load_checkpoint
 from train.core.codes import load_or_encode
 
 ROOT = Path(__file__).parents[1]
@@ -105,6 +105,16 @@ def test_pipeline_autoencoder_codes_diffusion_samples_images(autoencoder_run, tm
     assert [p.name for p in images] == [f"{i:06d}.png" for i in range(5)]
     assert np.asarray(Image.open(images[0])).shape == (32, 32, 3)
     assert (tmp_path / "images.png").is_file() and "wrote 5 images" in result.stdout
+    # The key codes of those images, for eval_gen.py --codes: decoding them gives the images.
+    codes = load_file(str(tmp_path / "images_codes.safetensors"))["codes"]
+    assert codes.shape == (5, 4, 8, 8) and codes.min() >= 0 and codes.max() <= 1
+    autoencoder = BRICSAutoencoder.from_pretrained(
+        find_autoencoder(autoencoder_run), grid_backend="torch"
+    ).eval()
+    with torch.no_grad():
+        decoded = autoencoder.decode(codes[:1]).clamp(-1, 1)
+    pixels = (decoded[0].permute(1, 2, 0) + 1) * 127.5
+    assert (pixels.round() - torch.from_numpy(np.array(Image.open(images[0])))).abs().max() <= 1
 
 
 def test_diffusion_resume_after_sigkill_equals_an_uninterrupted_run(autoencoder_run, tmp_path):

@@ -6,7 +6,8 @@
 The paper names no sampler; the authors' evaluation script samples with Imagen's 1000-step
 ancestral sampler, x_0 clipped to [-1, 1] at every step (``--clip-x0``, on by default).
 
-Writes ``--n`` PNGs (``000000.png`` ...) to ``--out`` and a grid of them beside the folder.
+Writes ``--n`` PNGs (``000000.png`` ...) to ``--out``, a grid of them and their key codes
+(``<out>_codes.safetensors``, for ``train/eval_gen.py --codes``) beside the folder.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ and train/ of this checkout
 
 from PIL import Image
+from safetensors.torch import save_file
 
 from models import BRICSAutoencoder
 from models.diffusion import KeyCodePipeline
@@ -99,17 +101,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{autoencoder.config.code_size}^2 do not match the UNet's"
         )
     pipeline = KeyCodePipeline(unet, autoencoder, get_schedule(options["schedule"]))
-    images = pipeline.sample(
+    codes = pipeline.sample_codes(
         args.n, args.sampler, args.steps, args.seed, args.eta, args.batch_size, args.clip_x0
     )
+    images = pipeline.decode(codes, args.batch_size)
     out = args.out or ckpt.parent.parent / f"samples_{args.sampler}_{args.steps}_seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
+    save_file({"codes": codes.cpu().contiguous()}, out.with_name(out.name + "_codes.safetensors"))
     for i, image in enumerate(to_unit(images)):
         array = (image * 255).round().byte().permute(1, 2, 0).numpy()
         Image.fromarray(array).save(out / f"{i:06d}.png")
     grid = out.with_suffix(".png")
     save_image_grid(images[:64], grid, columns=8)
-    print(f"wrote {args.n} images to {out} and a grid to {grid}")
+    print(
+        f"wrote {args.n} images to {out}, their key codes to {out.name}_codes.safetensors "
+        f"and a grid to {grid}"
+    )
     return 0
 
 
