@@ -48,3 +48,21 @@ def test_committed_results_are_complete(name):
     module = importlib.import_module(name)
     table = (results / f"{name}.md").read_text().split("\n\n", 2)[2].strip()
     assert table == module.table(payload[SECTIONS[name]])
+
+
+def test_bad_options_are_named(tmp_path):
+    script = ROOT / "bench" / "claims" / "ablations.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--steps", "0", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode != 0 and "--steps must be positive, got 0" in result.stderr
+    replot = subprocess.run(
+        [sys.executable, str(script), "--plot-only", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert replot.returncode != 0 and "ablations.json does not exist" in replot.stderr

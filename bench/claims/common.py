@@ -54,9 +54,31 @@ def replot(args, name: str, section: str, plot) -> bool:
     return True
 
 
+# Options that must be positive when an experiment has them (names as argparse stores them).
+POSITIVE = (
+    "threads",
+    "budget",
+    "sweep_budget",
+    "steps",
+    "ae_steps",
+    "unet_steps",
+    "unet_batch",
+    "sampler_steps",
+    "batch",
+    "lr",
+    "unet_lr",
+)
+
+
 def setup(args) -> None:
-    if args.threads < 1:
-        raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+    """Check the options, set the threads, create the output folder."""
+    for name in POSITIVE:
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be positive, got {value}")
+    for value in getattr(args, "lrs", None) or []:
+        if value <= 0:
+            raise SystemExit(f"--lrs must be positive, got {value}")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
 
