@@ -29,6 +29,7 @@ from models.losses import LPIPSLoss
 from train.core import gen_metrics
 from train.core.data import IMAGE_EXTENSIONS, build_dataset
 from train.core.evaluation import save_image_grid
+from train.core.metrics import to_uint8
 from train.core.options import add_device_arguments
 
 METRICS = ("fid", "clip-fid", "is", "precision-recall", "neighbours", "swd")
@@ -50,7 +51,7 @@ def load_references(data: str, split: str, size: int, limit: int) -> torch.Tenso
     dataset = build_dataset(data, split, size)
     count = min(limit or len(dataset), len(dataset))
     images = torch.stack([dataset[i] for i in range(count)])
-    return ((images + 1) * 127.5).round().clamp(0, 255).byte()
+    return to_uint8(images)
 
 
 def load_codes(path: Path) -> torch.Tensor:

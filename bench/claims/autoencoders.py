@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     setup(args)
     started = time.perf_counter()
     train_set, val_set = images("train", 64), images("val", 64, limit=16 if args.smoke else 0)
-    results = {}
+    results, first = {}, {}  # first: each model's seed-0 network, for the picture
     for name in args.models:
         sweep = {
             lr: run(name, lr, args.seeds[0], args.sweep_budget, train_set, val_set)[1]
@@ -145,11 +145,11 @@ def main(argv=None) -> int:
             "params_m": sum(p.numel() for p in models[0].parameters()) / 1e6,
             "usage": {k: over_seeds([r["usage"][k] for r in runs]) for k in runs[0]["usage"]},
         }
-        results[name]["_first"] = models[0]
+        first[name] = models[0]
     grid = args.out / "autoencoders_reconstructions.png"
     shown = val_set[:8]
     save_image_grid(
-        torch.cat([shown] + [r.pop("_first").reconstruct(shown) for r in results.values()]),
+        torch.cat([shown] + [model.reconstruct(shown) for model in first.values()]),
         grid,
         columns=8,
     )

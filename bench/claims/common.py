@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # models/, train/ of this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/
 
 import torch
+from bench_grid import cpu_name
 from tqdm import tqdm
 
 from train.core.data import EmbeddedPhotos
@@ -162,22 +164,12 @@ def over_seeds(values: list[float]) -> dict:
 
 def environment(threads: int) -> dict:
     return {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "threads": threads,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "date": datetime.date.today().isoformat(),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

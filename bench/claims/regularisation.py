@@ -50,8 +50,10 @@ from models.diffusion import KeyCodeDiffusion, codes_to_data, data_to_codes
 from models.samplers import sample
 from models.schedules import get_schedule
 from models.unet import UNet, unet_config_for_codes
+from train.core.codes import encode_dataset
 from train.core.evaluation import save_image_grid
 from train.core.gen_metrics import energy_distance, sliced_wasserstein
+from train.core.metrics import to_uint8
 
 PRESET = "tiny-32"
 REGULARISATIONS = ("relaxed", "kl", "none")
@@ -73,15 +75,6 @@ class CodeDenoiser(torch.nn.Module):
         return self.diffusion.loss(codes_to_data(codes)), None
 
 
-def uint8(images: torch.Tensor) -> torch.Tensor:
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().byte()
-
-
-@torch.no_grad()
-def encode(model, data: torch.Tensor) -> torch.Tensor:
-    return torch.cat([model.encode(data[i : i + 64]) for i in range(0, len(data), 64)]).float()
-
-
 @torch.no_grad()
 def decode(model, codes: torch.Tensor) -> torch.Tensor:
     return torch.cat([model.decode(codes[i : i + 64]) for i in range(0, len(codes), 64)])
@@ -93,19 +86,21 @@ def run(reg: str, seed: int, args, train_set, val_set) -> tuple[dict, dict]:
     ae = BRICS(PRESET, key_regularization=reg)
     ae_log = train(ae, train_set, lr=args.lr, seed=seed, steps=args.ae_steps, label=f"AE {reg}")
     model = ae.model
-    train_codes, val_codes = encode(model, train_set), encode(model, val_set)
+    train_codes, val_codes = (
+        encode_dataset(model, data, 64, "cpu", show_progress=False) for data in (train_set, val_set)
+    )
     generator = torch.Generator().manual_seed(seed)
     robustness = {}
     for sigma in SIGMAS:
         noise = sigma * torch.randn(val_codes.shape, generator=generator)
         decoded = decode(model, (val_codes + noise).clamp(0, 1))
         robustness[f"{sigma:.6f}"] = image_metrics(decoded, val_set)["psnr"]["mean"]
-    references = uint8(val_set)
+    references = to_uint8(val_set)
     result = {
         "ae": {**ae_log, **image_metrics(decode(model, val_codes), val_set)},
         "robustness_psnr": robustness,
         "energy_distance_train_codes": energy_distance(train_codes, val_codes),
-        "swd_train_images": sliced_wasserstein(uint8(train_set), references, seed=seed)["mean"],
+        "swd_train_images": sliced_wasserstein(to_uint8(train_set), references, seed=seed)["mean"],
         "code_std": val_codes.std().item(),
         "code_saturated": ((val_codes < 0.01) | (val_codes > 0.99)).float().mean().item(),
         "generation": {},
@@ -132,7 +127,7 @@ def run(reg: str, seed: int, args, train_set, val_set) -> tuple[dict, dict]:
         result["generation"][label] = {
             "unet": unet_log,
             "energy_distance": energy_distance(sampled, val_codes),
-            "swd": sliced_wasserstein(uint8(samples[label]), references, seed=seed)["mean"],
+            "swd": sliced_wasserstein(to_uint8(samples[label]), references, seed=seed)["mean"],
         }
     return result, samples
 

@@ -19,6 +19,11 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     return ((images + 1) / 2).clamp(0, 1)
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> uint8 in 0..255 (clamped, rounded), as images are saved and measured."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().byte()
+
+
 def psnr(
     prediction: torch.Tensor, target: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)
 ) -> torch.Tensor:
