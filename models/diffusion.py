@@ -74,9 +74,10 @@ class KeyCodePipeline:
         eta: float = 0.0,
         batch_size: int = 64,
         clip: bool = True,
+        order: int = 2,
     ) -> torch.Tensor:
         """``n`` images (n, 3, H, W) in [-1, 1] on the CPU: :meth:`sample_codes` decoded."""
-        codes = self.sample_codes(n, sampler, steps, seed, eta, batch_size, clip)
+        codes = self.sample_codes(n, sampler, steps, seed, eta, batch_size, clip, order)
         return self.decode(codes, batch_size)
 
     @torch.no_grad()
@@ -89,10 +90,12 @@ class KeyCodePipeline:
         eta: float = 0.0,
         batch_size: int = 64,
         clip: bool = True,
+        order: int = 2,
     ) -> torch.Tensor:
         """``n`` key codes (n, Cz, Hz, Wz) float32 in [0, 1] on the UNet's device, drawn in
         batches of ``batch_size`` from one generator seeded with ``seed`` on that device;
-        ``clip``: x_0 predictions clipped to [-1, 1] at every step."""
+        ``clip``: x_0 predictions clipped to [-1, 1] at every step; ``order``: DPM-Solver++'s
+        (2 or 3)."""
         c = self.unet.config
         device = next(self.unet.parameters()).device
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -109,6 +112,7 @@ class KeyCodePipeline:
                 eta=eta,
                 clip=clip,
                 generator=generator,
+                order=order,
             )
             codes.append(data_to_codes(x0).float())
         return torch.cat(codes)
