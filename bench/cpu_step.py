@@ -84,7 +84,7 @@ def main() -> None:
     speedup = rows["torch"]["median_s"] / rows["cpu"]["median_s"]
     payload = {"environment": env, "args": {k: str(v) for k, v in vars(args).items()}}
     payload |= {"rows": rows, "speedup": speedup}
-    stem = args.out or RESULTS / f"cpu_step_{env['device'].split()[0]}_{env['device'].split()[1]}"
+    stem = args.out or RESULTS / f"cpu_step_{env['device'].replace(' ', '_')}"  # as bench_grid
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=1))
     lines = [

@@ -57,6 +57,7 @@ class Geometry:
     row_offset: torch.Tensor  # int64 (L, 1, G, 1): g * n_entries + offsets[l]
     hashed: tuple[int, ...]  # levels whose corners are XOR-combined
     smoothstep: bool
+    sign: torch.Tensor  # (-1, +1), compute dtype, (2, 1, 1, 1): dw/ds of a factor pair
 
 
 def geometry(config: GridConfig, device, dtype: torch.dtype) -> Geometry:
@@ -76,6 +77,7 @@ def geometry(config: GridConfig, device, dtype: torch.dtype) -> Geometry:
         row_offset=(table[:, META_OFFSET, None] + group)[:, None, :, None],
         hashed=tuple(torch.nonzero(table[:, META_USE_HASH]).flatten().tolist()),
         smoothstep=config.interpolation == "smoothstep",
+        sign=torch.tensor([-1.0, 1.0], dtype=dtype, device=device).view(2, 1, 1, 1),
     )
 
 
@@ -141,12 +143,10 @@ class _Chunk:
     ds: torch.Tensor | None  # (d, L, n, G): ds/df (smoothstep) or None (linear)
 
 
-def _axis_weights(factors: torch.Tensor) -> list[torch.Tensor]:
+def _axis_weights(factors: torch.Tensor, sign: torch.Tensor) -> list[torch.Tensor]:
     """``dw(c)/ds_k`` for every axis k, corner last (M, C): the corner products with axis
-    k's pair replaced by (-1, +1)."""
+    k's pair replaced by ``sign`` = (-1, +1)."""
     d, n_corners = len(factors), 2 ** len(factors)
-    sign = torch.tensor([-1.0, 1.0], dtype=factors.dtype, device=factors.device)
-    sign = sign.view(2, *[1] * (factors.dim() - 2))
     pairs = list(factors)
     return [
         _corners_last(
@@ -268,7 +268,7 @@ class _GridEncode(torch.autograd.Function):
                 tasks += [
                     _bag(chunk.rows, table, w)
                     for chunk in wave
-                    for w in _axis_weights(chunk.factors)
+                    for w in _axis_weights(chunk.factors, geo.sign)
                 ]
             bags = iter(_in_threads(tasks)[n_features if need_dparams else 0 :])
             if not need_dx:
