@@ -6,9 +6,10 @@ torch.compile(reference).
     python bench/bench_grid.py --sweep              # tuning: block, warps, levels per program
     python bench/bench_grid.py --device cpu         # no GPU: CPU backend vs eager reference
 
-Times forward, backward and forward+backward with ``triton.testing.do_bench`` (median
-and 20/80 % quantiles), rotating over several input sets so repeated runs do not just
-measure the cache, and reports ms, points/s and the fraction of the roofline bound that
+Times forward, backward and forward+backward (median and 20/80 % quantiles) with
+``triton.testing.do_bench`` on the GPU and, on the CPU, with the providers alternating in
+rounds; rotating over several input sets so repeated runs do not just measure the cache;
+and reports ms, points/s and the fraction of the roofline bound that
 applies (``bench/roofline.py``: HBM and L2 bytes per pass over ceilings measured in the
 same run). Providers: ``triton`` (atomic table gradient), ``triton-det`` (deterministic),
 ``cpu`` (the CPU backend), ``torch`` (eager reference), ``compile`` (``torch.compile`` of
@@ -32,6 +33,7 @@ import roofline
 import torch
 
 from gridcodes import MultiResGrid
+from gridcodes.levels import GridConfig
 from gridcodes.reference import grid_encode_reference
 
 RESULTS = Path(__file__).parent / "results"
@@ -136,8 +138,9 @@ def build(shape: Shape, provider: str, device: str, n_points: int | None = None)
     return grid, lookup, inputs
 
 
-def time_mode(grid, lookup, inputs, mode: str, device: str) -> tuple[float, float, float]:
-    """(median, p20, p80) milliseconds of one pass, cycling through the input sets."""
+def pass_fn(grid, lookup, inputs, mode: str):
+    """One pass of ``mode`` (cycling through the input sets) and the tensors whose
+    gradients are reset before each timed pass."""
     state = {"i": 0}
     dys = [torch.randn_like(lookup(x)) for x in inputs]
 
@@ -164,29 +167,60 @@ def time_mode(grid, lookup, inputs, mode: str, device: str) -> tuple[float, floa
             i = next_index()
             outputs[i].backward(dys[i], retain_graph=True)
 
-    grad_to_none = [grid.params, *inputs]
+    return fn, [grid.params, *inputs]
+
+
+def measure(shape: Shape, providers, modes, device: str) -> dict:
+    """``{(provider, mode): (median, p20, p80) ms}``.
+
+    CUDA: ``triton.testing.do_bench``, one provider after the other. CPU: a virtual
+    machine's speed drifts by 20-70 % within minutes, so the providers alternate in rounds
+    (``CPU_ROUNDS`` of ``CPU_REPEATS`` passes each) and every provider sees the same drift.
+    """
+    out = {}
     if device == "cuda":
-        import triton.testing
+        for provider in providers:
+            grid, lookup, inputs = build(shape, provider, device)
+            for mode in modes:
+                out[provider, mode] = _cuda_quantiles(*pass_fn(grid, lookup, inputs, mode))
+                print(f"{shape.name:8s} {mode:8s} {provider:10s} {out[provider, mode][0]:9.3f} ms")
+            del grid, lookup, inputs
+        return out
+    builds = {provider: build(shape, provider, device) for provider in providers}
+    for mode in modes:
+        passes = {provider: pass_fn(*builds[provider], mode) for provider in providers}
+        for provider, quantiles in _cpu_rounds(passes).items():
+            out[provider, mode] = quantiles
+            print(f"{shape.name:8s} {mode:8s} {provider:10s} {quantiles[0]:9.3f} ms")
+    return out
 
-        return tuple(
-            triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], grad_to_none=grad_to_none)
-        )
-    return _cpu_bench(fn, grad_to_none)
+
+def _cuda_quantiles(fn, grads) -> tuple[float, float, float]:
+    import triton.testing
+
+    return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], grad_to_none=grads))
 
 
-def _cpu_bench(fn, grad_to_none, repeats: int = 10) -> tuple[float, float, float]:
+CPU_ROUNDS, CPU_REPEATS = 5, 2
+
+
+def _cpu_rounds(passes: dict) -> dict:
+    """(median, p20, p80) ms per provider of ``{provider: (fn, grads)}``, alternating."""
     import time
 
-    fn()
-    times = []
-    for _ in range(repeats):
-        for t in grad_to_none:
-            t.grad = None
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    q = torch.tensor(times).quantile(torch.tensor([0.5, 0.2, 0.8])).tolist()
-    return tuple(q)
+    times = {provider: [] for provider in passes}
+    for fn, _ in passes.values():
+        fn()  # warm-up
+    for _ in range(CPU_ROUNDS):
+        for provider, (fn, grads) in passes.items():
+            for _ in range(CPU_REPEATS):
+                for t in grads:
+                    t.grad = None
+                start = time.perf_counter()
+                fn()
+                times[provider].append((time.perf_counter() - start) * 1e3)
+    quantiles = torch.tensor([0.5, 0.2, 0.8])
+    return {p: tuple(torch.tensor(t).quantile(quantiles).tolist()) for p, t in times.items()}
 
 
 def retrieval_memory_mb(shape: Shape, provider: str) -> dict:
@@ -365,7 +399,7 @@ def sweep(shape: Shape) -> list[dict]:
             for block, warps, levels in configs:
                 ops.TUNING[kernel] = ops.LaunchConfig(block, warps, levels)
                 mode = "forward" if kernel == "forward" else "backward"
-                ms = time_mode(grid, lookup, inputs, mode, "cuda")[0]
+                ms = _cuda_quantiles(*pass_fn(grid, lookup, inputs, mode))[0]
                 out.append(
                     {
                         "shape": shape.name,
@@ -459,10 +493,12 @@ def main() -> None:
     for shape in (SHAPES[s] for s in args.shapes):
         if args.max_points and shape.n_points > args.max_points:
             shape = replace(shape, n_points=args.max_points)
+        timed = measure(shape, args.providers, args.modes, args.device)
+        config = GridConfig(**shape.grid)
+        n_params = config.n_groups * config.n_entries * config.n_features
         for provider in args.providers:
-            grid, lookup, inputs = build(shape, provider, args.device)
             for mode in args.modes:
-                ms, p20, p80 = time_mode(grid, lookup, inputs, mode, args.device)
+                ms, p20, p80 = timed[provider, mode]
                 row = {
                     **env,
                     "shape": shape.name,
@@ -476,13 +512,7 @@ def main() -> None:
                     "points_per_s": shape.n_points / (ms * 1e-3),
                 }
                 if "ceilings" in extra:
-                    moved = roofline.traffic(
-                        shape.grid,
-                        shape.n_points,
-                        grid.params.numel(),
-                        mode,
-                        grid.params.element_size(),
-                    )
+                    moved = roofline.traffic(shape.grid, shape.n_points, n_params, mode, 4)
                     bound, name = roofline.bound_ms(moved, extra["ceilings"])
                     row.update(
                         hbm_bytes=moved["hbm"],
@@ -492,8 +522,6 @@ def main() -> None:
                         fraction=bound / ms,
                     )
                 rows.append(row)
-                print(f"{shape.name:8s} {mode:8s} {provider:10s} {ms:9.3f} ms")
-            del grid, lookup, inputs
         if shape.name == "brics" and args.device == "cuda":
             memory = [retrieval_memory_mb(shape, p) for p in args.providers]
         if args.sweep:

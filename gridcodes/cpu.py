@@ -5,30 +5,38 @@ a chunk of points is handled at once, and autograd is replaced by a hand-written
 
 - forward: corner rows (int32) and weights of all levels, corner last (the reference's
   arithmetic: the same ``x * (r - 1)``, ``floor`` and weight products, so the same cells),
-  then ONE ``embedding_bag`` (a fused gather + weighted sum) per chunk. When a gradient is
-  needed the rows, weights and factors are kept for the backward (about 11 bytes per
-  corner read) instead of being recomputed;
-- dL/dparams: the scatter of ``w(c) * dL/dy`` with ``index_add_``, one feature at a time
-  and chunk after chunk (serial sums in a fixed order: the result is reproducible run to
-  run);
-- dL/dx: per axis k, one more ``embedding_bag`` with the weights' derivative ``dw(c)/ds_k``
-  gives ``sum_c (dw(c)/ds_k) params[c]``, dotted with dL/dy; then SPEC §1.2 step 6's mask.
+  then ONE ``embedding_bag`` (a fused gather + weighted sum, parallel in ATen) per chunk.
+  When a gradient is needed the rows, weights and factor pairs are kept for the backward
+  instead of being recomputed;
+- dL/dparams: the scatter of ``w(c) * dL/dy`` with ``index_add_``, two features at a time
+  as the real and imaginary parts of complex numbers (one complex addition in the time of
+  one real one, bit for bit the same sums), chunk after chunk: serial sums in a fixed
+  order, so the result is reproducible run to run;
+- dL/dx: per axis k, one more ``embedding_bag`` with the weights' derivative
+  ``dw(c)/ds_k`` (``±`` the product of the other axes' factors) gives
+  ``sum_c (dw(c)/ds_k) params[c]``, dotted with dL/dy; then SPEC §1.2 step 6's mask.
 
-ATen runs ``embedding_bag`` and ``index_add_`` on one thread; it releases the GIL inside
-them, so the backward's scatters and bags run side by side on ``torch.get_num_threads()``
-Python threads, after the elementwise work of a wave of chunks.
+ATen runs ``index_add_`` on one thread and releases the GIL inside it, so the backward's
+scatters run side by side with its bags on ``torch.get_num_threads()`` Python threads,
+after the elementwise work of a wave of chunks.
 
-Elementwise arrays are level-major, ``(..., L, n, G)``, so that they run over long
-contiguous rows, and points go in chunks of ``CHUNK_CONTRIBUTIONS`` corner reads, which
-bounds the temporaries (the largest, the table gradient's F x reads floats, stays under
-glibc's 32 MiB mmap threshold: above it every call pays fresh page faults).
+Elementwise arrays are level-major, ``(L, n, G, ...)``, so that they run over long
+contiguous rows; corner-last arrays are written one corner's column at a time (a
+broadcast whose innermost axis is the corner is several times slower). Points go in
+chunks of ``CHUNK_CONTRIBUTIONS`` corner reads: larger chunks pay the per-op overheads
+fewer times, smaller ones bound the temporaries. The large buffers are recycled through
+``BUFFERS`` instead of being freed to the system and page-faulted in again next call.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import groupby
 
 import torch
 import torch.nn.functional as F
@@ -37,27 +45,32 @@ from torch.autograd.function import once_differentiable
 from .levels import META_MASK, META_OFFSET, META_STRIDES, META_USE_HASH, GridConfig, level_table
 from .reference import compute_dtype, sanitize
 
-# Corner contributions (points x groups x levels x corners) handled per chunk.
-CHUNK_CONTRIBUTIONS = 2**20
+# Corner contributions (points x groups x levels x corners) handled per chunk: 2**21 was
+# 10-20% faster than 2**20 and 2**22 at the small-64 and BRICS shapes (2-core x86 VM).
+CHUNK_CONTRIBUTIONS = 2**21
 # Chunks whose serial backward ops run together (bounds the backward's temporaries).
 WAVE_CHUNKS = 4
 UINT32 = 0xFFFFFFFF
+# Most bytes of freed buffers kept for reuse (see _Buffers): 512 MiB.
+BUFFER_LIMIT = 2**29
+# How a run of levels computes its rows: sum_k i_k r**k (dense: never wraps; tiled: mod T),
+# or the XOR of i_k pi_k mod T (hashed).
+DENSE, TILED, HASHED = "dense", "tiled", "hashed"
 
 
 @dataclass(frozen=True)
 class Geometry:
     """Per-level constants of one grid on one device, shaped to broadcast against the
-    level-major layout ``(..., L, n, G)`` used below."""
+    level-major layout ``(L, n, G, ...)`` used below."""
 
     scale: torch.Tensor  # r - 1, compute dtype, (L, 1, 1)
     top: torch.Tensor  # r - 2, compute dtype, (L, 1, 1)
     strides: torch.Tensor  # int64 (d, L, 1, 1): r**k mod 2**32, or the hash primes
-    corner_offsets: torch.Tensor  # int64 (L, 1, 1, C): sum_k b_k strides_k
-    mask: torch.Tensor  # int64 (L, 1, 1, 1): T - 1 on wrapped levels, 2**32 - 1 elsewhere
-    row_offset: torch.Tensor  # int64 (L, 1, G, 1): g * n_entries + offsets[l]
-    hashed: tuple[int, ...]  # levels whose corners are XOR-combined
+    mask: torch.Tensor  # int32 (L, 1, 1): T - 1 on wrapped levels, -1 (all bits) elsewhere
+    corner_offsets: torch.Tensor  # int32 (L, 1, 1, C): (sum_k b_k strides_k) & mask
+    row_offset: torch.Tensor  # int32 (L, 1, G, 1): g * n_entries + offsets[l]
+    runs: tuple[tuple[str, int, int], ...]  # (kind, start, stop): maximal runs of levels
     smoothstep: bool
-    sign: torch.Tensor  # (-1, +1), compute dtype, (2, 1, 1, 1): dw/ds of a factor pair
 
 
 def geometry(config: GridConfig, device, dtype: torch.dtype) -> Geometry:
@@ -66,19 +79,74 @@ def geometry(config: GridConfig, device, dtype: torch.dtype) -> Geometry:
     r = table[:, 0].to(dtype)[:, None, None]
     d = config.in_dim
     strides = table[:, META_STRIDES : META_STRIDES + d]
+    mask = table[:, META_MASK]
     bits = (torch.arange(2**d, device=device)[:, None] >> torch.arange(d, device=device)) & 1
+    offsets = ((strides @ bits.T) & mask[:, None]).to(torch.int32)  # (L, C), < T or r**d
     group = torch.arange(config.n_groups, device=device) * config.n_entries
+    kinds = [
+        HASHED if use_hash else TILED if config.is_wrapped(level) else DENSE
+        for level, use_hash in enumerate(table[:, META_USE_HASH].tolist())
+    ]
+    runs, start = [], 0
+    for kind, levels in groupby(kinds):
+        stop = start + len(list(levels))
+        runs.append((kind, start, stop))
+        start = stop
     return Geometry(
         scale=r - 1,
         top=r - 2,
         strides=strides.T[:, :, None, None].contiguous(),
-        corner_offsets=(bits @ strides.T).T[:, None, None, :].contiguous(),
-        mask=table[:, META_MASK, None, None, None],
-        row_offset=(table[:, META_OFFSET, None] + group)[:, None, :, None],
-        hashed=tuple(torch.nonzero(table[:, META_USE_HASH]).flatten().tolist()),
+        mask=torch.where(mask == UINT32, -1, mask).to(torch.int32)[:, None, None],
+        corner_offsets=offsets[:, None, None, :].contiguous(),
+        row_offset=(table[:, META_OFFSET, None] + group)[:, None, :, None].to(torch.int32),
+        runs=tuple(runs),
         smoothstep=config.interpolation == "smoothstep",
-        sign=torch.tensor([-1.0, 1.0], dtype=dtype, device=device).view(2, 1, 1, 1),
     )
+
+
+class _Buffers:
+    """Freed buffers, handed to the next request of the same size and dtype.
+
+    Memory fresh from the system costs a page fault per 4 KiB page on first write, and
+    glibc gives large freed blocks back to the system, so without reuse every call pays
+    for its tens of megabytes again (10-20% of a call at the small-64 shape). Holds at most
+    ``BUFFER_LIMIT`` bytes; thread-safe (finalizers may return buffers from any thread).
+    """
+
+    def __init__(self):
+        self.free: dict[tuple, list] = {}
+        self.held = 0
+        self.lock = threading.Lock()
+
+    def empty(self, *shape: int, dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised CPU tensor, reusing a freed buffer when one fits exactly."""
+        with self.lock:
+            stack = self.free.get((math.prod(shape), dtype))
+            if stack:
+                buffer = stack.pop()
+                self.held -= buffer.nbytes
+                return buffer.view(shape)
+        return torch.empty(shape, dtype=dtype)
+
+    def give(self, tensors) -> None:
+        """Take back tensors from ``empty`` that nothing reads any more."""
+        with self.lock:
+            for tensor in tensors:
+                if tensor is not None and self.held + tensor.nbytes <= BUFFER_LIMIT:
+                    self.free.setdefault((tensor.numel(), tensor.dtype), []).append(tensor)
+                    self.held += tensor.nbytes
+
+    def clear(self) -> None:
+        """Give every held buffer back to the allocator."""
+        with self.lock:
+            self.free.clear()
+            self.held = 0
+
+
+BUFFERS = _Buffers()
+# A forked child starts with an empty pool and a fresh lock (another thread of the parent
+# may have held it at the fork).
+os.register_at_fork(after_in_child=BUFFERS.__init__)
 
 
 def _cells(coords: torch.Tensor, geo: Geometry):
@@ -87,6 +155,7 @@ def _cells(coords: torch.Tensor, geo: Geometry):
     ``coords`` (d, n, G) are sanitized. Returns ``i`` int64 (d, L, n, G), ``factors``
     (d, 2, L, n, G) holding ``(1 - s, s)``, and ``ds`` (d, L, n, G) or None (linear).
     """
+    d = len(coords)
     p = coords[:, None] * geo.scale  # SPEC §1.2 step 2, the reference's arithmetic
     i = torch.minimum(torch.floor(p), geo.top)
     f = p - i
@@ -95,11 +164,14 @@ def _cells(coords: torch.Tensor, geo: Geometry):
         ds = 6.0 * f * (1.0 - f)
     else:
         s, ds = f, None
-    return i.long(), torch.stack((1.0 - s, s), dim=1), ds
+    factors = torch.stack((1.0 - s, s), dim=1, out=BUFFERS.empty(d, 2, *s.shape[1:], dtype=s.dtype))
+    return i.long(), factors, ds
 
 
-def _corner_products(pairs, combine=torch.mul) -> torch.Tensor:
-    """``out[c] = combine_k pairs[k][b_k(c)]`` for the 2**d corners: (C, ...) from d pairs (2, ...).
+def _fold(pairs: list, combine=torch.mul) -> torch.Tensor:
+    """``out[c] = combine_k pairs[k][b_k(c)]`` for the corners c of the given axes: (2**k, ...)
+    from pairs (2, ...), corner first (long contiguous rows: corner-last products are
+    several times slower).
 
     Folded in axis order k = 0, 1, ..., so products round as the reference's ``prod``.
     """
@@ -109,26 +181,53 @@ def _corner_products(pairs, combine=torch.mul) -> torch.Tensor:
     return out
 
 
-def _rows(i: torch.Tensor, geo: Geometry) -> torch.Tensor:
-    """Flat rows of ``params.view(-1, F)`` read by every corner, corner last: (L, n, G, C)."""
-    base = (i * geo.strides).sum(0)  # sum_k i_k stride_k, (L, n, G)
-    rows = base[..., None] + geo.corner_offsets  # dense index of every corner
-    rows &= geo.mask  # mod T on wrapped levels; a no-op elsewhere (indices < 2**32)
-    rows += geo.row_offset
-    for level in geo.hashed:  # XOR over the axes of (c_k * pi_k) mod 2**32
-        vertex = torch.stack((i[:, level], i[:, level] + 1), dim=1)  # (d, 2, n, G)
-        terms = (vertex * geo.strides[:, level, None]) & UINT32
-        hashed = _corner_products(list(terms), torch.bitwise_xor) & geo.mask[level]
-        rows[level] = hashed.permute(1, 2, 0) + geo.row_offset[level]
-    return rows
+def _weights(factors: torch.Tensor) -> torch.Tensor:
+    """Corner weights ``w(c) = prod_k factors[k, b_k(c)]``, corner last: (L, n, G, C).
 
-
-def _corners_last(t: torch.Tensor) -> torch.Tensor:
-    """(C, ...) -> (M, C) with M the rest flattened, as ``embedding_bag`` reads bags.
-
-    ``torch.stack`` on the last axis is several times faster than a transposing copy.
+    The products of all axes but the last are formed corner first (long contiguous rows);
+    the last product writes each corner's column of the result directly.
     """
-    return torch.stack(list(t.flatten(1)), dim=-1)
+    d = len(factors)
+    out = BUFFERS.empty(*factors.shape[2:], 2**d, dtype=factors.dtype)
+    low = _fold(list(factors[:-1])) if d > 1 else torch.ones_like(factors[0, :1])
+    for c in range(2**d):
+        torch.mul(factors[-1, c >> (d - 1)], low[c & (2 ** (d - 1) - 1)], out=out[..., c])
+    return out
+
+
+def _rows(i: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """Rows of ``params.view(-1, F)`` read by every corner, int32, corner last: (L, n, G, C).
+
+    Each corner's column is written directly (a broadcast add whose innermost axis is the
+    corner is several times slower).
+    """
+    n_corners = geo.corner_offsets.shape[-1]
+    rows = BUFFERS.empty(*i.shape[1:], n_corners, dtype=torch.int32)
+    for kind, a, b in geo.runs:
+        if kind == HASHED:  # XOR over the axes of (c_k * pi_k) mod 2**32, mod T
+            for level in range(a, b):
+                vertex = torch.stack((i[:, level], i[:, level] + 1), dim=1)  # (d, 2, n, G)
+                terms = (vertex * geo.strides[:, level, None]) & UINT32
+                hashed = _fold(list(terms), torch.bitwise_xor) & geo.mask[level]  # (C, n, G)
+                rows[level] = hashed.permute(1, 2, 0) + geo.row_offset[level]
+            continue
+        base = (i[:, a:b] * geo.strides[:, a:b]).sum(0)  # sum_k i_k stride_k, (l, n, G)
+        offsets, mask, row_offset = (
+            geo.corner_offsets[a:b],
+            geo.mask[a:b],
+            geo.row_offset[a:b, ..., 0],
+        )
+        # Dense: base + offset < r**d, no reduction, and the group offset folds in; tiled:
+        # mod T (which divides 2**32) before and after adding the corner's offset.
+        dense = kind == DENSE
+        base = base.to(torch.int32) + row_offset if dense else (base & mask).to(torch.int32)
+        for c in range(n_corners):
+            column = rows[a:b, ..., c]
+            torch.add(base, offsets[..., c], out=column)
+            if not dense:
+                column &= mask
+                column += row_offset
+    return rows
 
 
 @dataclass
@@ -137,25 +236,33 @@ class _Chunk:
 
     start: int
     stop: int
-    rows: torch.Tensor  # (M, C), M = L * n * G
-    weights: torch.Tensor  # (M, C)
+    rows: torch.Tensor  # int32 (L, n, G, C)
+    weights: torch.Tensor  # (L, n, G, C)
     factors: torch.Tensor  # (d, 2, L, n, G): (1 - s, s) per axis
     ds: torch.Tensor | None  # (d, L, n, G): ds/df (smoothstep) or None (linear)
 
 
-def _axis_weights(factors: torch.Tensor, sign: torch.Tensor) -> list[torch.Tensor]:
-    """``dw(c)/ds_k`` for every axis k, corner last (M, C): the corner products with axis
-    k's pair replaced by ``sign`` = (-1, +1)."""
+def _axis_weights(factors: torch.Tensor) -> list[torch.Tensor]:
+    """``dw(c)/ds_k`` for every axis k, corner last (M, C): ``±`` (b_k = 1 / 0) the product
+    of the other axes' factors, so each product is formed once and only negated."""
     d, n_corners = len(factors), 2 ** len(factors)
-    pairs = list(factors)
-    return [
-        _corners_last(
-            _corner_products([*pairs[:k], sign, *pairs[k + 1 :]]).expand(
-                n_corners, *factors.shape[2:]
-            )
-        )
-        for k in range(d)
-    ]
+    pairs, weights = list(factors), []
+    for k in range(d):
+        others = pairs[:k] + pairs[k + 1 :]
+        if others:
+            plus = _fold(others).flatten(1)
+        else:  # in_dim 1: dw/ds = -1, +1
+            plus = torch.ones(1, factors[0, 0].numel(), dtype=factors.dtype)
+        low = (1 << k) - 1  # corner c without bit k: its low bits, then the rest shifted down
+        out = BUFFERS.empty(plus.shape[1], n_corners, dtype=plus.dtype)
+        for c in range(n_corners):
+            column = plus[(c & low) | (c >> (k + 1) << k)]
+            if c >> k & 1:
+                out[:, c] = column
+            else:
+                torch.neg(column, out=out[:, c])
+        weights.append(out)
+    return weights
 
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None
@@ -176,17 +283,56 @@ def _pool() -> ThreadPoolExecutor:
 def _in_threads(tasks: list) -> list:
     """Run ``tasks`` (callables) on ``torch.get_num_threads()`` threads; their results.
 
-    For the ops ATen runs on one thread (``embedding_bag``, ``index_add_``): it releases the
-    GIL inside them, so independent ones run side by side. Longest first is the caller's
-    job (``map`` hands tasks out in order).
+    For ``index_add_``, which ATen runs on one thread: ATen releases the GIL inside its ops,
+    so independent ones run side by side (measured: the backward's scatters and bags
+    together on two threads beat the scatters on threads followed by the bags, parallel in
+    ATen, on the main thread). Longest first is the caller's job (``map`` hands tasks out
+    in order).
     """
     if torch.get_num_threads() <= 1 or len(tasks) <= 1:
         return [task() for task in tasks]
     return list(_pool().map(lambda task: task(), tasks))
 
 
-def _scatter_feature(column: torch.Tensor, pieces: list):
-    """``column[rows] += src`` for every (rows, src) in order: one feature's table gradient,
+COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def _gradient_columns(n_rows: int, n_features: int, dtype: torch.dtype) -> list:
+    """Zeroed table-gradient columns for ``index_add_``: features paired as complex numbers
+    (one complex addition adds two features in the time of one real one, bit for bit the
+    same sums), and a real column for an odd last feature."""
+    columns = [BUFFERS.empty(n_rows, dtype=COMPLEX[dtype]) for _ in range(n_features // 2)]
+    if n_features % 2:
+        columns.append(BUFFERS.empty(n_rows, dtype=dtype))
+    return [column.zero_() for column in columns]
+
+
+def _gradient_table(columns: list) -> torch.Tensor:
+    """The (rows, F) table gradient from ``_gradient_columns``' columns."""
+    parts = [torch.view_as_real(c) if c.is_complex() else c[:, None] for c in columns]
+    return torch.cat(parts, dim=1)
+
+
+def _scatter_sources(weights: torch.Tensor, dy: torch.Tensor) -> list:
+    """``w(c) * dL/dy_j`` of every corner read, one source per gradient column (feature pairs
+    as complex numbers): (M * C,) each. ``weights`` (L, n, G, C), ``dy`` (n, G, L, F)."""
+    n_features, n_corners = dy.shape[-1], weights.shape[-1]
+    g = dy.permute(3, 2, 0, 1).reshape(n_features, -1, 1)  # (F, M, 1), level-major
+    w = weights.view(-1, n_corners)
+    sources = []
+    for p in range(n_features // 2):  # two products, interleaved; one buffer per column
+        pair = BUFFERS.empty(w.numel(), dtype=COMPLEX[w.dtype])
+        parts = torch.view_as_real(pair).view(*w.shape, 2)
+        torch.mul(w, g[2 * p], out=parts[..., 0])
+        torch.mul(w, g[2 * p + 1], out=parts[..., 1])
+        sources.append(pair)
+    if n_features % 2:
+        sources.append((w * g[-1]).flatten())
+    return sources
+
+
+def _scatter_column(column: torch.Tensor, pieces: list):
+    """``column[rows] += src`` for every (rows, src) in order: one column's table gradient,
     a serial sum in a fixed order (reproducible run to run)."""
 
     def run():
@@ -196,7 +342,7 @@ def _scatter_feature(column: torch.Tensor, pieces: list):
     return run
 
 
-def _bag(rows: torch.Tensor, table: torch.Tensor, weights: torch.Tensor):
+def _bag(rows: torch.Tensor, table: torch.Tensor, weights: torch.Tensor | None):
     return lambda: F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
 
 
@@ -208,25 +354,36 @@ class _GridEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, params, geo: Geometry):
         dtype = compute_dtype(params)
-        n, groups, d = x.shape
+        n, groups, _ = x.shape
         n_features = params.shape[-1]
-        n_levels = geo.scale.shape[0]
-        table = params.to(dtype).reshape(-1, n_features)
+        n_levels, n_corners = geo.corner_offsets.shape[0], geo.corner_offsets.shape[-1]
+        table = params.detach().to(dtype).reshape(-1, n_features)  # the forward-only bags
         out = torch.empty(n, groups, n_levels, n_features, dtype=dtype, device=x.device)
         keep = any(ctx.needs_input_grad[:2])
         chunks = []
-        for start, stop in _chunks(n, groups * n_levels * 2**d):
+        for start, stop in _chunks(n, groups * n_levels * n_corners):
             i, factors, ds = _cells(_coords(x[start:stop], dtype), geo)
-            rows = _rows(i, geo).flatten(0, -2).to(torch.int32)  # halves the bags' reads
-            w = _corners_last(_corner_products(list(factors)))
-            bags = F.embedding_bag(rows, table, per_sample_weights=w, mode="sum")
+            rows, w = _rows(i, geo), _weights(factors)
+            bags = F.embedding_bag(
+                rows.view(-1, n_corners),
+                table,
+                per_sample_weights=w.view(-1, n_corners),
+                mode="sum",
+            )
             out[start:stop] = bags.view(n_levels, stop - start, groups, n_features).permute(
                 1, 2, 0, 3
             )
             if keep:
                 chunks.append(_Chunk(start, stop, rows, w, factors, ds))
+            else:
+                BUFFERS.give((rows, w, factors))
         ctx.save_for_backward(x, params)
         ctx.geo, ctx.chunks = geo, chunks
+        # The chunks' buffers go back when the graph is freed (after the backward, or never
+        # run): not in the backward, which retain_graph may run again.
+        if chunks:
+            kept = [t for c in chunks for t in (c.rows, c.weights, c.factors)]
+            weakref.finalize(ctx, BUFFERS.give, kept)
         return out.view(n, groups, n_levels * n_features).to(params.dtype)
 
     @staticmethod
@@ -237,54 +394,51 @@ class _GridEncode(torch.autograd.Function):
         need_dx, need_dparams = ctx.needs_input_grad[:2]
         dtype = compute_dtype(params)
         n, groups, d = x.shape
-        n_features = params.shape[-1]
-        table = params.to(dtype).reshape(-1, n_features)
-        dtable = (
-            torch.zeros(n_features, len(table), dtype=dtype, device=table.device)
-            if need_dparams
-            else None
-        )
-        dx = torch.zeros(d, n, groups, dtype=dtype, device=x.device) if need_dx else None
+        n_features, n_corners = params.shape[-1], 2**d
+        table = params.detach().to(dtype).reshape(-1, n_features)  # the forward-only bags
+        columns = _gradient_columns(len(table), n_features, dtype) if need_dparams else None
+        dx = torch.zeros(d, n, groups, dtype=dtype) if need_dx else None
         dy = dy.view(n, groups, geo.scale.shape[0], n_features)
-        # The table gradient is a serial scatter (index_add_); with more than one thread it
-        # runs on a second thread (ATen releases the GIL) while this one computes dL/dx.
-        # One thread, in submission order: the sums stay reproducible.
+        ones = torch.ones(n_features, dtype=dtype)
         # Per wave of chunks: the elementwise work here (ATen's threads), then the serial
-        # ops -- one table-gradient scatter per feature, one bag per chunk and axis for
-        # dL/ds_k = <dL/dy, sum_c (dw(c)/ds_k) params[c]> -- side by side on threads.
+        # ops -- one table-gradient scatter per column (two features), one bag per chunk
+        # and axis -- side by side on Python threads.
         for wave in _waves(chunks, WAVE_CHUNKS):
-            dy_wave = [dy[c.start : c.stop].to(dtype) for c in wave]
+            dy_wave = [dy[c.start : c.stop].to(dtype) for c in wave]  # (n, G, L, F)
             tasks = []
+            sources = []
             if need_dparams:  # dL/dparams[j, rows] += w * dL/dy_j
-                pieces = []
-                for chunk, dy_chunk in zip(wave, dy_wave):
-                    g = dy_chunk.permute(3, 2, 0, 1).reshape(n_features, -1, 1)  # (F, M, 1)
-                    pieces.append((chunk.rows.flatten(), (chunk.weights[None] * g).flatten(1)))
+                sources = [_scatter_sources(chunk.weights, g) for chunk, g in zip(wave, dy_wave)]
                 tasks += [
-                    _scatter_feature(dtable[j], [(rows, src[j]) for rows, src in pieces])
-                    for j in range(n_features)
+                    _scatter_column(
+                        column, [(c.rows.view(-1), s[j]) for c, s in zip(wave, sources)]
+                    )
+                    for j, column in enumerate(columns)
                 ]
-            if need_dx:
-                tasks += [
-                    _bag(chunk.rows, table, w)
-                    for chunk in wave
-                    for w in _axis_weights(chunk.factors, geo.sign)
-                ]
-            bags = iter(_in_threads(tasks)[n_features if need_dparams else 0 :])
-            if not need_dx:
-                continue
-            for chunk, dy_chunk in zip(wave, dy_wave):
-                g = dy_chunk.permute(2, 0, 1, 3).reshape(-1, n_features)  # (M, F)
-                dsk = torch.stack([torch.linalg.vecdot(next(bags), g) for _ in range(d)])
-                dsk = dsk.view(d, *chunk.factors.shape[2:])  # (d, L, n, G)
+            n_scatters = len(tasks)
+            axis = [_axis_weights(chunk.factors) for chunk in wave] if need_dx else []
+            tasks += [
+                _bag(chunk.rows.view(-1, n_corners), table, w)
+                for chunk, weights in zip(wave, axis)
+                for w in weights
+            ]
+            bags = iter(_in_threads(tasks)[n_scatters:])
+            BUFFERS.give([t for ts in (*sources, *axis) for t in ts])
+            for chunk, g in zip(wave, dy_wave) if need_dx else ():
+                g = g.permute(2, 0, 1, 3).reshape(-1, n_features)  # (M, F), level-major
+                dsk = torch.empty(d, *chunk.factors.shape[2:], dtype=dtype)  # (d, L, n, G)
+                for k in range(d):  # the row dots as a matrix-vector product: ~3x vecdot's speed
+                    torch.mv(next(bags) * g, ones, out=dsk[k].view(-1))
                 if chunk.ds is not None:
                     dsk *= chunk.ds
                 dx[:, chunk.start : chunk.stop] = (dsk * geo.scale).sum(1)
         if need_dx:
             inside = (x >= 0) & (x <= 1)
             dx = torch.where(inside, dx.permute(1, 2, 0), 0.0).to(x.dtype)
+        dtable = None
         if need_dparams:
-            dtable = dtable.T.reshape(params.shape).to(params.dtype)
+            dtable = _gradient_table(columns).view(params.shape).to(params.dtype)
+            BUFFERS.give(columns)
         return dx, dtable, None
 
 

@@ -139,3 +139,60 @@ def test_double_backward_fails_loudly():
     (dx,) = torch.autograd.grad(grid(x).pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match=r"once_differentiable|does not require grad"):
         dx.sum().backward()
+
+
+def _lookup_grads(grid, x, dy):
+    x = x.clone().requires_grad_(True)
+    grid.params.grad = None
+    grid(x).backward(dy)
+    return x.grad, grid.params.grad
+
+
+def test_retained_graph_runs_its_backward_again_after_other_calls():
+    """The forward's kept buffers return to the pool only when its graph is freed: a graph
+    kept with retain_graph survives other calls that recycle buffers in between."""
+    grid = MultiResGrid(**BRICS_DEFAULT, backend="cpu")
+    with torch.no_grad():
+        grid.params.normal_()
+    x = torch.rand(300, 4, 3, requires_grad=True)
+    y = grid(x)
+    dy = torch.randn_like(y)
+    y.backward(dy, retain_graph=True)
+    first = (x.grad.clone(), grid.params.grad.clone())
+    for _ in range(2):  # other lookups take (and scribble on) whatever the pool holds
+        _lookup_grads(grid, torch.rand(300, 4, 3), torch.randn_like(y))
+    x.grad, grid.params.grad = None, None
+    y.backward(dy)
+    assert torch.equal(x.grad, first[0]) and torch.equal(grid.params.grad, first[1])
+
+
+def test_a_pending_graph_keeps_its_buffers_while_others_are_recycled():
+    grid = MultiResGrid(**NGP_LIKE, backend="cpu")
+    with torch.no_grad():
+        grid.params.normal_()
+    x1, x2 = torch.rand(2, 200, 1, 3)
+    dy = torch.randn(200, 1, 8)
+    expected = [g.clone() for g in _lookup_grads(grid, x1, dy)]
+    x1.requires_grad_(True)
+    y1 = grid(x1)
+    for _ in range(2):  # freed graphs: their buffers go to the pool and out again
+        _lookup_grads(grid, x2, dy)
+    grid.params.grad = None
+    y1.backward(dy)
+    assert torch.equal(x1.grad, expected[0]) and torch.equal(grid.params.grad, expected[1])
+
+
+def test_buffers_are_recycled_within_the_limit():
+    grid = MultiResGrid(**BRICS_DEFAULT, backend="cpu")
+    x, dy = torch.rand(64, 4, 3), torch.randn(64, 4, 64)
+    cpu.BUFFERS.clear()
+    _lookup_grads(grid, x, dy)
+    held = cpu.BUFFERS.held
+    assert 0 < held <= cpu.BUFFER_LIMIT
+    _lookup_grads(grid, x, dy)  # the same sizes again: taken from the pool, then returned
+    assert cpu.BUFFERS.held == held
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "BUFFER_LIMIT", 0)
+        cpu.BUFFERS.clear()
+        _lookup_grads(grid, x, dy)
+        assert cpu.BUFFERS.held == 0
