@@ -294,6 +294,12 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], extra: dict) -> st
         ]
     if tests := extra.get("equivalence"):
         lines += ["", f"Kernel-equivalence tests compiled on this GPU: {tests['summary']}"]
+    if "cuda" not in env:
+        lines += [
+            "",
+            f"The providers alternate in {CPU_ROUNDS} rounds of {CPU_REPEATS} passes each "
+            "(after one warm-up pass), so that they see the same drift of the machine's speed.",
+        ]
     lines += [
         "",
         "| shape | points | mode | provider | ms (median) | ms p20–p80 | Mpoints/s | bound "

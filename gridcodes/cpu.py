@@ -30,11 +30,7 @@ fewer times, smaller ones bound the temporaries. The large buffers are recycled 
 
 from __future__ import annotations
 
-import math
-import os
-import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -42,17 +38,17 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .cpu_runtime import BUFFERS, in_threads
 from .levels import META_MASK, META_OFFSET, META_STRIDES, META_USE_HASH, GridConfig, level_table
 from .reference import compute_dtype, sanitize
 
 # Corner contributions (points x groups x levels x corners) handled per chunk: 2**21 was
-# 10-20% faster than 2**20 and 2**22 at the small-64 and BRICS shapes (2-core x86 VM).
+# 5-14% faster than 2**20 at the small-64 and BRICS shapes and no slower than 2**22
+# (2-core x86-64 VM, 2026-11-30).
 CHUNK_CONTRIBUTIONS = 2**21
 # Chunks whose serial backward ops run together (bounds the backward's temporaries).
 WAVE_CHUNKS = 4
 UINT32 = 0xFFFFFFFF
-# Most bytes of freed buffers kept for reuse (see _Buffers): 512 MiB.
-BUFFER_LIMIT = 2**29
 # How a run of levels computes its rows: sum_k i_k r**k (dense: never wraps; tiled: mod T),
 # or the XOR of i_k pi_k mod T (hashed).
 DENSE, TILED, HASHED = "dense", "tiled", "hashed"
@@ -102,51 +98,6 @@ def geometry(config: GridConfig, device, dtype: torch.dtype) -> Geometry:
         runs=tuple(runs),
         smoothstep=config.interpolation == "smoothstep",
     )
-
-
-class _Buffers:
-    """Freed buffers, handed to the next request of the same size and dtype.
-
-    Memory fresh from the system costs a page fault per 4 KiB page on first write, and
-    glibc gives large freed blocks back to the system, so without reuse every call pays
-    for its tens of megabytes again (10-20% of a call at the small-64 shape). Holds at most
-    ``BUFFER_LIMIT`` bytes; thread-safe (finalizers may return buffers from any thread).
-    """
-
-    def __init__(self):
-        self.free: dict[tuple, list] = {}
-        self.held = 0
-        self.lock = threading.Lock()
-
-    def empty(self, *shape: int, dtype: torch.dtype) -> torch.Tensor:
-        """An uninitialised CPU tensor, reusing a freed buffer when one fits exactly."""
-        with self.lock:
-            stack = self.free.get((math.prod(shape), dtype))
-            if stack:
-                buffer = stack.pop()
-                self.held -= buffer.nbytes
-                return buffer.view(shape)
-        return torch.empty(shape, dtype=dtype)
-
-    def give(self, tensors) -> None:
-        """Take back tensors from ``empty`` that nothing reads any more."""
-        with self.lock:
-            for tensor in tensors:
-                if tensor is not None and self.held + tensor.nbytes <= BUFFER_LIMIT:
-                    self.free.setdefault((tensor.numel(), tensor.dtype), []).append(tensor)
-                    self.held += tensor.nbytes
-
-    def clear(self) -> None:
-        """Give every held buffer back to the allocator."""
-        with self.lock:
-            self.free.clear()
-            self.held = 0
-
-
-BUFFERS = _Buffers()
-# A forked child starts with an empty pool and a fresh lock (another thread of the parent
-# may have held it at the fork).
-os.register_at_fork(after_in_child=BUFFERS.__init__)
 
 
 def _cells(coords: torch.Tensor, geo: Geometry):
@@ -263,35 +214,6 @@ def _axis_weights(factors: torch.Tensor) -> list[torch.Tensor]:
                 torch.neg(column, out=out[:, c])
         weights.append(out)
     return weights
-
-
-_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    """``torch.get_num_threads()`` threads for serial ATen ops, made anew when that number
-    changes or in a forked child (where the parent's threads do not exist)."""
-    global _POOL
-    key = (os.getpid(), torch.get_num_threads())
-    if _POOL is None or _POOL[:2] != key:
-        if _POOL is not None and _POOL[0] == key[0]:
-            _POOL[2].shutdown(wait=False)
-        _POOL = (*key, ThreadPoolExecutor(key[1], "gridcodes-cpu"))
-    return _POOL[2]
-
-
-def _in_threads(tasks: list) -> list:
-    """Run ``tasks`` (callables) on ``torch.get_num_threads()`` threads; their results.
-
-    For ``index_add_``, which ATen runs on one thread: ATen releases the GIL inside its ops,
-    so independent ones run side by side (measured: the backward's scatters and bags
-    together on two threads beat the scatters on threads followed by the bags, parallel in
-    ATen, on the main thread). Longest first is the caller's job (``map`` hands tasks out
-    in order).
-    """
-    if torch.get_num_threads() <= 1 or len(tasks) <= 1:
-        return [task() for task in tasks]
-    return list(_pool().map(lambda task: task(), tasks))
 
 
 COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -422,7 +344,7 @@ class _GridEncode(torch.autograd.Function):
                 for chunk, weights in zip(wave, axis)
                 for w in weights
             ]
-            bags = iter(_in_threads(tasks)[n_scatters:])
+            bags = iter(in_threads(tasks)[n_scatters:])
             BUFFERS.give([t for ts in (*sources, *axis) for t in ts])
             for chunk, g in zip(wave, dy_wave) if need_dx else ():
                 g = g.permute(2, 0, 1, 3).reshape(-1, n_features)  # (M, F), level-major

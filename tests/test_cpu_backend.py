@@ -11,7 +11,7 @@ import torch
 from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 
-from gridcodes import MultiResGrid, cpu
+from gridcodes import MultiResGrid, cpu, cpu_runtime
 from tests.helpers import DEVICE, examples
 from tests.test_kernels import BRICS_DEFAULT, NGP_LIKE, check_pair, grid_cases, run_pair
 
@@ -185,14 +185,31 @@ def test_a_pending_graph_keeps_its_buffers_while_others_are_recycled():
 def test_buffers_are_recycled_within_the_limit():
     grid = MultiResGrid(**BRICS_DEFAULT, backend="cpu")
     x, dy = torch.rand(64, 4, 3), torch.randn(64, 4, 64)
-    cpu.BUFFERS.clear()
+    cpu_runtime.BUFFERS.clear()
     _lookup_grads(grid, x, dy)
-    held = cpu.BUFFERS.held
-    assert 0 < held <= cpu.BUFFER_LIMIT
+    held = cpu_runtime.BUFFERS.held
+    assert 0 < held <= cpu_runtime.BUFFER_LIMIT
     _lookup_grads(grid, x, dy)  # the same sizes again: taken from the pool, then returned
-    assert cpu.BUFFERS.held == held
+    assert cpu_runtime.BUFFERS.held == held
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cpu, "BUFFER_LIMIT", 0)
-        cpu.BUFFERS.clear()
+        patch.setattr(cpu_runtime, "BUFFER_LIMIT", 0)
+        cpu_runtime.BUFFERS.clear()
         _lookup_grads(grid, x, dy)
-        assert cpu.BUFFERS.held == 0
+        assert cpu_runtime.BUFFERS.held == 0
+
+
+def test_the_buffer_pool_drops_its_oldest_buffers_when_full():
+    pool = cpu_runtime._Buffers()
+    old = [pool.empty(256, dtype=torch.float32) for _ in range(3)]  # 1 KiB each
+    new = pool.empty(512, dtype=torch.float32)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu_runtime, "BUFFER_LIMIT", 3 * 1024)
+        pool.give(old)
+        assert pool.held == 3 * 1024
+        pool.give([new])  # 2 KiB more: the two oldest go
+        assert pool.held == 3 * 1024
+        assert pool.empty(512, dtype=torch.float32).data_ptr() == new.data_ptr()
+        assert pool.empty(256, dtype=torch.float32).data_ptr() == old[2].data_ptr()
+        assert pool.held == 0
+        pool.give([torch.empty(1024)])  # larger than the limit: not kept
+        assert pool.held == 0
