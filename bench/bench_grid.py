@@ -189,9 +189,10 @@ def measure(shape: Shape, providers, modes, device: str) -> dict:
     builds = {provider: build(shape, provider, device) for provider in providers}
     for mode in modes:
         passes = {provider: pass_fn(*builds[provider], mode) for provider in providers}
-        for provider, quantiles in _cpu_rounds(passes).items():
-            out[provider, mode] = quantiles
-            print(f"{shape.name:8s} {mode:8s} {provider:10s} {quantiles[0]:9.3f} ms")
+        quantiles = torch.tensor([0.5, 0.2, 0.8])
+        for provider, seconds in alternate(passes, CPU_ROUNDS, CPU_REPEATS).items():
+            out[provider, mode] = tuple((torch.tensor(seconds) * 1e3).quantile(quantiles).tolist())
+            print(f"{shape.name:8s} {mode:8s} {provider:10s} {out[provider, mode][0]:9.3f} ms")
     return out
 
 
@@ -204,23 +205,24 @@ def _cuda_quantiles(fn, grads) -> tuple[float, float, float]:
 CPU_ROUNDS, CPU_REPEATS = 5, 2
 
 
-def _cpu_rounds(passes: dict) -> dict:
-    """(median, p20, p80) ms per provider of ``{provider: (fn, grads)}``, alternating."""
+def alternate(passes: dict, rounds: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds of every timed pass per provider of ``{provider: (fn, grads)}``: one warm-up
+    pass each, then ``rounds`` rounds in which each provider runs ``repeats`` passes in turn
+    (``grads``' ``.grad`` reset before each), so all see the same drift of the machine."""
     import time
 
-    times = {provider: [] for provider in passes}
     for fn, _ in passes.values():
-        fn()  # warm-up
-    for _ in range(CPU_ROUNDS):
+        fn()
+    times = {provider: [] for provider in passes}
+    for _ in range(rounds):
         for provider, (fn, grads) in passes.items():
-            for _ in range(CPU_REPEATS):
+            for _ in range(repeats):
                 for t in grads:
                     t.grad = None
                 start = time.perf_counter()
                 fn()
-                times[provider].append((time.perf_counter() - start) * 1e3)
-    quantiles = torch.tensor([0.5, 0.2, 0.8])
-    return {p: tuple(torch.tensor(t).quantile(quantiles).tolist()) for p, t in times.items()}
+                times[provider].append(time.perf_counter() - start)
+    return times
 
 
 def retrieval_memory_mb(shape: Shape, provider: str) -> dict:

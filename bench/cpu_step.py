@@ -17,14 +17,13 @@ import copy
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ is not installed
 
-from bench_grid import RESULTS, environment
+from bench_grid import RESULTS, alternate, environment
 
 from models import BRICSAutoencoder, get_preset
 
@@ -63,19 +62,17 @@ def main() -> None:
     config = get_preset(args.preset)
     base = BRICSAutoencoder(config)
     images = torch.rand(args.batch_size, 3, config.image_size, config.image_size) * 2 - 1
-    steps = {}
+    passes = {}
     for backend in BACKENDS:
         model = BRICSAutoencoder(config, grid_backend=backend)
         model.load_state_dict(copy.deepcopy(base.state_dict()))
-        steps[backend] = make_step(model.train())
-        steps[backend](images)  # warm-up
-    means = {backend: [] for backend in BACKENDS}
-    for _ in range(args.rounds):
-        for backend in BACKENDS:
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                steps[backend](images)
-            means[backend].append((time.perf_counter() - start) / args.steps)
+        step = make_step(model.train())
+        passes[backend] = (lambda step=step: step(images), [])
+    seconds = alternate(passes, args.rounds, args.steps)
+    means = {  # each round's mean step time
+        backend: [statistics.mean(t[i : i + args.steps]) for i in range(0, len(t), args.steps)]
+        for backend, t in seconds.items()
+    }
     env = environment("cpu")
     rows = {
         backend: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t)}
