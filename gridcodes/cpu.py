@@ -379,3 +379,18 @@ def _chunks(n: int, contributions_per_point: int):
 def grid_encode_cpu(x: torch.Tensor, params: torch.Tensor, geo: Geometry) -> torch.Tensor:
     """Lookup of ``x`` (N, G, d) in ``params`` (G, n_entries, F): (N, G, L * F), params' dtype."""
     return _GridEncode.apply(x, params, geo)
+
+
+@torch.no_grad()
+def hit_counts(x: torch.Tensor, counts: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """Add the corner hits of ``x`` (N, G, d) to ``counts`` (G, n_entries), int64: the
+    reference's ``usage.hit_counts`` from the rows the lookup reads, counted with bincount."""
+    n, groups, _ = x.shape
+    n_levels, n_corners = geo.corner_offsets.shape[0], geo.corner_offsets.shape[-1]
+    flat = counts.view(-1)
+    for start, stop in _chunks(n, groups * n_levels * n_corners):
+        i, factors, _ = _cells(_coords(x[start:stop], geo.scale.dtype), geo)
+        rows = _rows(i, geo)
+        flat += torch.bincount(rows.view(-1), minlength=len(flat))
+        BUFFERS.give((rows, factors))
+    return counts

@@ -231,8 +231,13 @@ class MultiResGrid(nn.Module):
         Pass the returned ``counts`` back in to accumulate over batches.
         """
         self._check_input(x)
-        flat = x.reshape(-1, self.config.n_groups, self.config.in_dim)
-        return usage.hit_counts(flat, self.config, counts, compute_dtype(self.params))
+        c = self.config
+        flat = x.reshape(-1, c.n_groups, c.in_dim)
+        if self.resolved_backend(x.device) != "cpu" or x.device.type != "cpu":
+            return usage.hit_counts(flat, c, counts, compute_dtype(self.params))
+        if counts is None:
+            counts = torch.zeros(c.n_groups, c.n_entries, dtype=torch.int64)
+        return cpu.hit_counts(flat, counts, self._geometry(x.device))
 
     def usage_rate(self, counts: torch.Tensor) -> torch.Tensor:
         """Fraction of each level's entries hit at least once: (n_groups, n_levels)."""

@@ -11,9 +11,16 @@ import torch
 from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 
-from gridcodes import MultiResGrid, cpu, cpu_runtime
+from gridcodes import MultiResGrid, cpu, cpu_runtime, usage
 from tests.helpers import DEVICE, examples
-from tests.test_kernels import BRICS_DEFAULT, NGP_LIKE, check_pair, grid_cases, run_pair
+from tests.test_kernels import (
+    BRICS_DEFAULT,
+    NGP_LIKE,
+    check_pair,
+    grid_cases,
+    make_points,
+    run_pair,
+)
 
 pytestmark = pytest.mark.skipif(DEVICE != "cpu", reason="the CPU backend runs on CPU tensors")
 
@@ -66,6 +73,22 @@ def test_cpu_matches_reference_beyond_the_triton_dimensions(in_dim):
     check_pair(
         {"config": config, "n_points": 50, "special_fraction": 0.05, "seed": 4}, backend="cpu"
     )
+
+
+@settings(max_examples=examples(30))
+@given(case=grid_cases(), chunk=st.sampled_from([1, 2**10, cpu.CHUNK_CONTRIBUTIONS]))
+def test_hit_counts_match_the_reference(case, chunk):
+    """Usage statistics read the lookup's own rows: the same corners as the reference's
+    ``usage.hit_counts``, special values and one chunk per point included; counts add up."""
+    note(repr(case))
+    grid = MultiResGrid(**case["config"], backend="cpu")
+    x = make_points(grid, case["n_points"], case["special_fraction"], case["seed"]).float()
+    expected = usage.hit_counts(x, grid.config)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu, "CHUNK_CONTRIBUTIONS", chunk)
+        counts = grid.hit_counts(x)
+        assert torch.equal(counts, expected)
+        assert torch.equal(grid.hit_counts(x, counts), 2 * expected)
 
 
 @settings(max_examples=2)

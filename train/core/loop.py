@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from train.core import checkpoint
+from train.core.cpu_memory import keep_freed_memory
 from train.core.data import StepBatchSampler
 from train.core.options import RunOptions, to_dict
 
@@ -116,7 +117,8 @@ def make_accelerator(options: RunOptions) -> Accelerator:
 
     Without CUDA every process runs on the CPU (several processes: gloo DDP) with
     ``cpu_threads`` torch threads (0: logical cores / processes, since ``accelerate launch``
-    counts physical cores only).
+    counts physical cores only), and keeps the memory each step frees for the next
+    (:func:`train.core.cpu_memory.keep_freed_memory`).
     """
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
@@ -130,6 +132,7 @@ def make_accelerator(options: RunOptions) -> Accelerator:
     if accelerator.device.type == "cpu":
         cores = os.cpu_count() or 1
         torch.set_num_threads(options.cpu_threads or max(1, cores // accelerator.num_processes))
+        keep_freed_memory()
     return accelerator
 
 

@@ -1,0 +1,37 @@
+"""Training on the CPU: keep the memory a step frees for the next step.
+
+glibc's malloc serves blocks above a threshold (128 KiB, raised on the fly up to 32 MiB)
+with fresh pages from the system and returns them when they are freed, and it gives back
+the free top of its heap beyond 128 KiB. A training step allocates and frees the same
+activations every time, so by default it page-faults them all in again: some 40,000 faults
+per ``small-64`` step, a seventh of its time on a 2-core VM (2026-11-30). Raising both
+thresholds keeps freed blocks in the heap for the next step; the process's resident memory
+stays at its peak instead of shrinking between steps.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+MMAP_THRESHOLD = 32 * 2**20  # glibc's ceiling (64-bit): larger blocks are still mapped
+TRIM_THRESHOLD = 2**30  # free heap top returned to the system only beyond 1 GiB
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to reuse freed memory instead of returning it to the system.
+
+    Process-wide, for allocations made after the call. Returns False (and changes nothing)
+    where the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None)  # the C library this process runs on
+    if not hasattr(libc, "gnu_get_libc_version"):
+        return False  # not glibc (musl's mallopt does nothing)
+    mallopt = libc.mallopt
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
