@@ -17,8 +17,8 @@ a chunk of points is handled at once, and autograd is replaced by a hand-written
   ``sum_c (dw(c)/ds_k) params[c]``, dotted with dL/dy; then SPEC §1.2 step 6's mask.
 
 ATen runs ``index_add_`` on one thread and releases the GIL inside it, so the backward's
-scatters run side by side with its bags on ``torch.get_num_threads()`` Python threads,
-after the elementwise work of a wave of chunks.
+scatters run on worker threads while the calling thread computes the dL/dx bags; only
+serial ops go to the workers (see ``cpu_runtime.in_background``).
 
 Elementwise arrays are level-major, ``(L, n, G, ...)``, so that they run over long
 contiguous rows; corner-last arrays are written one corner's column at a time (a
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .cpu_runtime import BUFFERS, in_threads
+from .cpu_runtime import BUFFERS, in_background
 from .levels import META_MASK, META_OFFSET, META_STRIDES, META_USE_HASH, GridConfig, level_table
 from .reference import compute_dtype, sanitize
 
@@ -264,10 +264,6 @@ def _scatter_column(column: torch.Tensor, pieces: list):
     return run
 
 
-def _bag(rows: torch.Tensor, table: torch.Tensor, weights: torch.Tensor | None):
-    return lambda: F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
-
-
 def _waves(chunks: list, size: int) -> list:
     return [chunks[i : i + size] for i in range(0, len(chunks), size)]
 
@@ -321,29 +317,34 @@ class _GridEncode(torch.autograd.Function):
         dx = torch.zeros(d, n, groups, dtype=dtype) if need_dx else None
         dy = dy.view(n, groups, geo.scale.shape[0], n_features)
         ones = torch.ones(n_features, dtype=dtype)
-        # Per wave of chunks: the elementwise work here (ATen's threads), then the serial
-        # ops -- one table-gradient scatter per column (two features), one bag per chunk
-        # and axis -- side by side on Python threads.
+        # Per wave of chunks: the table-gradient scatters (serial in ATen; one per column of
+        # two features) run on worker threads while this thread computes the dL/dx bags
+        # (parallel in ATen), one per chunk and axis.
         for wave in _waves(chunks, WAVE_CHUNKS):
             dy_wave = [dy[c.start : c.stop].to(dtype) for c in wave]  # (n, G, L, F)
-            tasks = []
-            sources = []
+            sources, scatters = [], []
             if need_dparams:  # dL/dparams[j, rows] += w * dL/dy_j
                 sources = [_scatter_sources(chunk.weights, g) for chunk, g in zip(wave, dy_wave)]
-                tasks += [
+                scatters = [
                     _scatter_column(
                         column, [(c.rows.view(-1), s[j]) for c, s in zip(wave, sources)]
                     )
                     for j, column in enumerate(columns)
                 ]
-            n_scatters = len(tasks)
-            axis = [_axis_weights(chunk.factors) for chunk in wave] if need_dx else []
-            tasks += [
-                _bag(chunk.rows.view(-1, n_corners), table, w)
-                for chunk, weights in zip(wave, axis)
-                for w in weights
-            ]
-            bags = iter(in_threads(tasks)[n_scatters:])
+            scattered = in_background(scatters)
+            try:
+                axis = [_axis_weights(chunk.factors) for chunk in wave] if need_dx else []
+                bags = iter(
+                    [
+                        F.embedding_bag(
+                            chunk.rows.view(-1, n_corners), table, per_sample_weights=w, mode="sum"
+                        )
+                        for chunk, weights in zip(wave, axis)
+                        for w in weights
+                    ]
+                )
+            finally:
+                scattered()  # the sources are in use until the scatters end
             BUFFERS.give([t for ts in (*sources, *axis) for t in ts])
             for chunk, g in zip(wave, dy_wave) if need_dx else ():
                 level_major = BUFFERS.empty(*chunk.weights.shape[:-1], n_features, dtype=dtype)

@@ -6,6 +6,10 @@ cells and differ only by the order of floating-point operations, which the same 
 bounds cover.
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import example, given, note, settings
@@ -260,3 +264,27 @@ def test_the_buffer_pool_drops_its_oldest_buffers_when_full():
         assert pool.held == 0
         pool.give([torch.empty(1024)])  # larger than the limit: not kept
         assert pool.held == 0
+
+
+THREADS_PROBE = """
+import os, torch
+from gridcodes import MultiResGrid
+torch.set_num_threads(2)
+torch.randn(2**22).exp_()  # the main thread's OpenMP team
+before = len(os.listdir("/proc/self/task"))
+grid = MultiResGrid(3, n_groups=4, n_levels=16, log2_table_size=14, backend="cpu")
+x = torch.rand(4096, 4, 3, requires_grad=True)
+grid(x).square().sum().backward()
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_worker_threads_open_no_openmp_teams():
+    """The backward adds its two worker threads and no OpenMP team of theirs: a team per
+    worker would make libgomp stop spinning between parallel regions for the whole
+    process (cpu_runtime.in_background)."""
+    out = subprocess.run(
+        [sys.executable, "-c", THREADS_PROBE], capture_output=True, text=True, check=True
+    )
+    assert int(out.stdout) == 2
