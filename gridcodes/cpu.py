@@ -289,7 +289,7 @@ class _GridEncode(torch.autograd.Function):
                 mode="sum",
             )
             bags = bags.view(n_levels, stop - start, groups, n_features)
-            _feature_rows(out[start:stop]).copy_(_feature_rows(bags).permute(1, 2, 0, 3))
+            _copy_rows(out[start:stop], bags.permute(1, 2, 0, 3))
             if keep:
                 chunks.append(_Chunk(start, stop, rows, w, factors, ds))
             else:
@@ -348,7 +348,7 @@ class _GridEncode(torch.autograd.Function):
             BUFFERS.give([t for ts in (*sources, *axis) for t in ts])
             for chunk, g in zip(wave, dy_wave) if need_dx else ():
                 level_major = BUFFERS.empty(*chunk.weights.shape[:-1], n_features, dtype=dtype)
-                _feature_rows(level_major).copy_(_feature_rows(g).permute(2, 0, 1, 3))
+                _copy_rows(level_major, g.permute(2, 0, 1, 3))
                 g = level_major.view(-1, n_features)  # (M, F)
                 dsk = torch.empty(d, *chunk.factors.shape[2:], dtype=dtype)  # (d, L, n, G)
                 for k in range(d):  # the row dots as a matrix-vector product: ~3x vecdot's speed
@@ -379,6 +379,16 @@ def _feature_rows(t: torch.Tensor) -> torch.Tensor:
     if wide is None or not aligned or any(s % n_features for s in t.stride()[:-1]):
         return t
     return t.view(wide)
+
+
+def _copy_rows(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst.copy_(src)`` for (..., F) tensors of one shape, whole feature rows at a time
+    where both layouts allow it."""
+    wide_dst, wide_src = _feature_rows(dst), _feature_rows(src)
+    if wide_dst.shape == wide_src.shape:
+        wide_dst.copy_(wide_src)
+    else:
+        dst.copy_(src)
 
 
 def _coords(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
