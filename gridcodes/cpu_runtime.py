@@ -93,7 +93,7 @@ def _pool() -> ThreadPoolExecutor:
 
 def in_background(tasks: list) -> Callable[[], None]:
     """Start ``tasks`` (callables) on worker threads; returns the function that waits for
-    them (and raises what they raised). Runs them at once, in order, with one torch thread.
+    them (and raises what they raised). With one torch thread they run here, in order.
 
     Only for serial ATen ops, such as ``index_add_`` on a 1-D tensor, which release the GIL
     and open no OpenMP region. A parallel op on a worker thread would give that thread an
