@@ -203,6 +203,7 @@ def _cuda_quantiles(fn, grads) -> tuple[float, float, float]:
 
 
 CPU_ROUNDS, CPU_REPEATS = 5, 2
+TABLE_BYTES = 4  # bytes per table entry: every benchmark grid is float32 (MultiResGrid's default)
 
 
 def alternate(passes: dict, rounds: int, repeats: int) -> dict[str, list[float]]:
@@ -520,7 +521,9 @@ def main() -> None:
                     "points_per_s": shape.n_points / (ms * 1e-3),
                 }
                 if "ceilings" in extra:
-                    moved = roofline.traffic(shape.grid, shape.n_points, n_params, mode, 4)
+                    moved = roofline.traffic(
+                        shape.grid, shape.n_points, n_params, mode, TABLE_BYTES
+                    )
                     bound, name = roofline.bound_ms(moved, extra["ceilings"])
                     row.update(
                         hbm_bytes=moved["hbm"],

@@ -280,8 +280,8 @@ class _GridEncode(torch.autograd.Function):
         keep = any(ctx.needs_input_grad[:2])
         chunks = []
         for start, stop in _chunks(n, groups * n_levels * n_corners):
-            i, factors, ds = _cells(_coords(x[start:stop], dtype), geo)
-            rows, w = _rows(i, geo), _weights(factors)
+            rows, factors, ds = _corners(x[start:stop], dtype, geo)
+            w = _weights(factors)
             bags = F.embedding_bag(
                 rows.view(-1, n_corners),
                 table,
@@ -396,6 +396,13 @@ def _coords(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return sanitize(x.to(dtype)).permute(2, 0, 1).contiguous()
 
 
+def _corners(x: torch.Tensor, dtype: torch.dtype, geo: Geometry):
+    """Rows read by the corners of points ``x`` (n, G, d), their factor pairs and ``ds``
+    (see :func:`_rows`, :func:`_cells`)."""
+    i, factors, ds = _cells(_coords(x, dtype), geo)
+    return _rows(i, geo), factors, ds
+
+
 def _chunks(n: int, contributions_per_point: int):
     step = max(1, CHUNK_CONTRIBUTIONS // contributions_per_point)
     for start in range(0, n, step):
@@ -416,8 +423,7 @@ def hit_counts(x: torch.Tensor, counts: torch.Tensor, geo: Geometry) -> torch.Te
     n_levels, n_corners = geo.corner_offsets.shape[0], geo.corner_offsets.shape[-1]
     flat = counts.view(-1)
     for start, stop in _chunks(n, groups * n_levels * n_corners):
-        i, factors, _ = _cells(_coords(x[start:stop], geo.scale.dtype), geo)
-        rows = _rows(i, geo)
+        rows, factors, _ = _corners(x[start:stop], geo.scale.dtype, geo)
         flat += torch.bincount(rows.view(-1), minlength=len(flat))
         BUFFERS.give((rows, factors))
     return counts
