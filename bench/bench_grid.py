@@ -26,15 +26,19 @@ import argparse
 import datetime
 import json
 import platform
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import roofline
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train/ is not installed
+
 from gridcodes import MultiResGrid
 from gridcodes.levels import GridConfig
 from gridcodes.reference import grid_encode_reference
+from train.core.cpu_memory import keep_freed_memory
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -301,7 +305,15 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], extra: dict) -> st
         lines += [
             "",
             f"The providers alternate in {CPU_ROUNDS} rounds of {CPU_REPEATS} passes each "
-            "(after one warm-up pass), so that they see the same drift of the machine's speed.",
+            "(after one warm-up pass), so that they see the same drift of the machine's speed. "
+            + (
+                "Freed memory is kept for the next pass, as CPU training runs keep it "
+                "(`train/core/cpu_memory.py`): the page faults of fresh memory otherwise make "
+                "the reference's time swing by 1.5x from run to run."
+                if env.get("freed_memory_kept")
+                else "Freed memory goes back to the system (not glibc): each pass page-faults "
+                "its fresh memory in again."
+            ),
         ]
     lines += [
         "",
@@ -492,6 +504,8 @@ def main() -> None:
         parser.error("--all and --sweep need --device cuda")
 
     env = environment(args.device)
+    if args.device == "cpu":
+        env["freed_memory_kept"] = keep_freed_memory()
     extra = {}
     if args.all:
         extra["equivalence"] = equivalence_suite(args.examples_scale)

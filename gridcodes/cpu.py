@@ -12,9 +12,11 @@ a chunk of points is handled at once, and autograd is replaced by a hand-written
   as the real and imaginary parts of complex numbers (one complex addition in the time of
   one real one, bit for bit the same sums), chunk after chunk: serial sums in a fixed
   order, so the result is reproducible run to run;
-- dL/dx: per axis k, one more ``embedding_bag`` with the weights' derivative
-  ``dw(c)/ds_k`` (``±`` the product of the other axes' factors) gives
-  ``sum_c (dw(c)/ds_k) params[c]``, dotted with dL/dy; then SPEC §1.2 step 6's mask.
+- dL/dx: per axis k, one more ``embedding_bag`` gives the slope
+  ``sum_c (dw(c)/ds_k) params[c]``, dotted with dL/dy; then SPEC §1.2 step 6's mask. On
+  dense and tiled levels the bag reads the differences ``params[c + e_k] - params[c]``
+  (a table made once per backward) at the corners with b_k = 0, half the rows; hashed
+  levels weigh all corners with ``dw(c)/ds_k`` (``±`` the other axes' factors).
 
 ATen runs ``index_add_`` on one thread and releases the GIL inside it, so the backward's
 scatters run on worker threads while the calling thread computes the dL/dx bags; only
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from functools import lru_cache, partial
 from itertools import groupby
 
 import torch
@@ -42,12 +45,11 @@ from .cpu_runtime import BUFFERS, in_background
 from .levels import META_MASK, META_OFFSET, META_STRIDES, META_USE_HASH, GridConfig, level_table
 from .reference import compute_dtype, sanitize
 
-# Corner contributions (points x groups x levels x corners) handled per chunk: 2**21 was
-# 5-14% faster than 2**20 at the small-64 and BRICS shapes and no slower than 2**22
-# (2-core x86-64 VM, 2026-11-30).
-CHUNK_CONTRIBUTIONS = 2**21
-# Chunks whose serial backward ops run together (bounds the backward's temporaries).
-WAVE_CHUNKS = 4
+# Corner contributions (points x groups x levels x corners) handled per chunk. Forward +
+# backward of the small-64 shape (one chunk) took 61.5 ms at 2**23, 64.6 at 2**22, 69.8 at
+# 2**21; the BRICS shape 504, 548, 608 ms (2**24: 3% faster again, for twice the
+# temporaries: 2 x 128 MiB of table-gradient sources at F = 4). 2-core x86-64 VM, 2026-11-30.
+CHUNK_CONTRIBUTIONS = 2**23
 UINT32 = 0xFFFFFFFF
 # How a run of levels computes its rows: sum_k i_k r**k (dense: never wraps; tiled: mod T),
 # or the XOR of i_k pi_k mod T (hashed).
@@ -66,6 +68,10 @@ class Geometry:
     corner_offsets: torch.Tensor  # int32 (L, 1, 1, C): (sum_k b_k strides_k) & mask
     row_offset: torch.Tensor  # int32 (L, 1, G, 1): g * n_entries + offsets[l]
     runs: tuple[tuple[str, int, int], ...]  # (kind, start, stop): maximal runs of levels
+    # (offset, size, shifts) of every dense or tiled level: its rows in a group's table, and
+    # per axis k the rows between a corner with b_k = 0 and its neighbour with b_k = 1
+    # (r**k mod size: the neighbour is ``offset + (row - offset + shift) % size``).
+    segments: tuple[tuple[int, int, tuple[int, ...]], ...]
     smoothstep: bool
 
 
@@ -96,6 +102,13 @@ def geometry(config: GridConfig, device, dtype: torch.dtype) -> Geometry:
         corner_offsets=offsets[:, None, None, :].contiguous(),
         row_offset=(table[:, META_OFFSET, None] + group)[:, None, :, None].to(torch.int32),
         runs=tuple(runs),
+        segments=tuple(
+            (offset, size, tuple(int(k) % size for k in stride))
+            for offset, size, stride, kind in zip(
+                config.offsets, config.level_sizes, strides.tolist(), kinds
+            )
+            if kind != HASHED
+        ),
         smoothstep=config.interpolation == "smoothstep",
     )
 
@@ -133,16 +146,22 @@ def _fold(pairs: list, combine=torch.mul) -> torch.Tensor:
 
 
 def _weights(factors: torch.Tensor) -> torch.Tensor:
-    """Corner weights ``w(c) = prod_k factors[k, b_k(c)]``, corner last: (L, n, G, C).
+    """Corner weights ``w(c) = prod_k factors[k, b_k(c)]``, corner last: (L, n, G, C)."""
+    return _products(list(factors))
+
+
+def _products(pairs: list) -> torch.Tensor:
+    """``prod_k pairs[k][b_k(c)]`` for the corners c of the given axes, corner last:
+    (..., 2**k) from pairs (2, ...).
 
     The products of all axes but the last are formed corner first (long contiguous rows);
     the last product writes each corner's column of the result directly.
     """
-    d = len(factors)
-    out = BUFFERS.empty(*factors.shape[2:], 2**d, dtype=factors.dtype)
-    low = _fold(list(factors[:-1])) if d > 1 else torch.ones_like(factors[0, :1])
-    for c in range(2**d):
-        torch.mul(factors[-1, c >> (d - 1)], low[c & (2 ** (d - 1) - 1)], out=out[..., c])
+    n = len(pairs)
+    out = BUFFERS.empty(*pairs[0].shape[1:], 2**n, dtype=pairs[0].dtype)
+    low = _fold(pairs[:-1]) if n > 1 else torch.ones_like(pairs[0][:1])
+    for c in range(2**n):
+        torch.mul(pairs[-1][c >> (n - 1)], low[c & (2 ** (n - 1) - 1)], out=out[..., c])
     return out
 
 
@@ -197,13 +216,9 @@ def _axis_weights(factors: torch.Tensor) -> list[torch.Tensor]:
     """``dw(c)/ds_k`` for every axis k, corner last (M, C): ``±`` (b_k = 1 / 0) the product
     of the other axes' factors, so each product is formed once and only negated."""
     d, n_corners = len(factors), 2 ** len(factors)
-    pairs, weights = list(factors), []
+    weights = []
     for k in range(d):
-        others = pairs[:k] + pairs[k + 1 :]
-        if others:
-            plus = _fold(others).flatten(1)
-        else:  # in_dim 1: dw/ds = -1, +1
-            plus = torch.ones(1, factors[0, 0].numel(), dtype=factors.dtype)
+        plus = _others(factors, k)
         low = (1 << k) - 1  # corner c without bit k: its low bits, then the rest shifted down
         out = BUFFERS.empty(plus.shape[1], n_corners, dtype=plus.dtype)
         for c in range(n_corners):
@@ -214,6 +229,104 @@ def _axis_weights(factors: torch.Tensor) -> list[torch.Tensor]:
                 torch.neg(column, out=out[:, c])
         weights.append(out)
     return weights
+
+
+def _others(factors: torch.Tensor, k: int) -> torch.Tensor:
+    """The product of all axes' factors but axis k's, for the corners of the other axes,
+    corner first: (2**(d-1), M)."""
+    pairs = list(factors)
+    others = pairs[:k] + pairs[k + 1 :]
+    if not others:  # in_dim 1
+        return torch.ones(1, factors[0, 0].numel(), dtype=factors.dtype)
+    return _fold(others).flatten(1)
+
+
+def _differences(table: torch.Tensor, geo: Geometry) -> list[torch.Tensor]:
+    """Per axis k, ``table[neighbour across k] - table[row]`` for the rows of dense and tiled
+    levels (rows of hashed levels are left unset): (rows, F) each.
+
+    On these levels the corner with b_k = 1 lies a fixed number of rows (``r**k``, modulo
+    the level's size) after its neighbour with b_k = 0, so ``dw/ds_k`` weighs one
+    difference per pair of corners: half the rows of a bag over all corners.
+    """
+    groups, d = geo.row_offset.shape[2], geo.strides.shape[0]
+    t = table.view(groups, -1, table.shape[-1])
+    out = []
+    for k in range(d):
+        diff = BUFFERS.empty(*table.shape, dtype=table.dtype)
+        v = diff.view_as(t)
+        for offset, size, shifts in geo.segments:
+            s = shifts[k]
+            seg, dst = t[:, offset : offset + size], v[:, offset : offset + size]
+            torch.sub(seg[:, s:], seg[:, : size - s], out=dst[:, : size - s])
+            torch.sub(seg[:, :s], seg[:, size - s :], out=dst[:, size - s :])  # wrapped
+        out.append(diff)
+    return out
+
+
+def _bags(rows: torch.Tensor, table: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_j weights[b, j] * table[rows[b, j]]`` for every bag b of ``rows`` (B, K): one
+    ``embedding_bag`` (fbgemm's fused gather and weighted sum, parallel in ATen), with the
+    bags' offsets made once per shape instead of every call."""
+    n_bags, size = rows.shape
+    offsets = _offsets(n_bags, size, rows.dtype)
+    return F.embedding_bag(
+        rows.reshape(-1), table, offsets, per_sample_weights=weights.reshape(-1), mode="sum"
+    )
+
+
+@lru_cache(maxsize=8)
+def _offsets(n_bags: int, size: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.arange(0, n_bags * size, size, dtype=dtype)
+
+
+def _slopes(rows, factors, table, diffs, hashed: bool) -> list[torch.Tensor]:
+    """``sum_c (dw(c)/ds_k) params[c]`` of a run of levels, per axis k: (M, F) each.
+
+    Hashed levels: one bag over all corners with the signed weights of
+    :func:`_axis_weights`; dense and tiled ones: one bag over the corners with b_k = 0
+    of the differences across axis k (:func:`_differences`), half the rows.
+    """
+    d, n_corners = len(factors), rows.shape[-1]
+    if hashed:
+        weights = _axis_weights(factors)
+        out = [_bags(rows.reshape(-1, n_corners), table, w) for w in weights]
+        BUFFERS.give(weights)
+        return out
+    half, m, pairs = n_corners // 2, rows.numel() // n_corners, list(factors)
+    out = []
+    for k in range(d):
+        others, low = pairs[:k] + pairs[k + 1 :], 2**k
+        # The product of the other axes' factors: dw(c)/ds_k for b_k = 1, corner last.
+        weights = (
+            _products(others).view(m, half) if others else torch.ones(m, 1, dtype=factors.dtype)
+        )
+        # The corners with b_k = 0: runs of 2**k rows, copied as one element where 8 or 16
+        # bytes (4-9x faster than row by row).
+        near = BUFFERS.empty(m, half // low, low, dtype=rows.dtype)
+        _copy_rows(near, rows.reshape(m, half // low, 2, low)[:, :, 0])
+        out.append(_bags(near.view(m, half), diffs[k], weights))
+        BUFFERS.give((weights, near))
+    return out
+
+
+def _dx(chunk: _Chunk, table, diffs, g: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """dL/dx of one chunk's points before SPEC §1.2 step 6's mask: (d, n, G), from dL/dy
+    level-major ``g`` (L, n, G, F).
+
+    ``dL/ds_k`` is the slope of each lookup along axis k (:func:`_slopes`) dotted with
+    dL/dy; then ``ds/df`` (smoothstep) and ``r - 1``.
+    """
+    n_features, d = table.shape[-1], len(chunk.factors)
+    ones = torch.ones(n_features, dtype=table.dtype)
+    ds = torch.empty(d, *chunk.factors.shape[2:], dtype=table.dtype)  # (d, L, n, G)
+    for kind, a, b in geo.runs:
+        slopes = _slopes(chunk.rows[a:b], chunk.factors[:, :, a:b], table, diffs, kind == HASHED)
+        for k, slope in enumerate(slopes):  # the row dots as a matrix-vector product: ~3x
+            torch.mv(slope.mul_(g[a:b].view(-1, n_features)), ones, out=ds[k, a:b].view(-1))
+    if chunk.ds is not None:
+        ds *= chunk.ds
+    return (ds * geo.scale).sum(1)
 
 
 COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -235,37 +348,23 @@ def _gradient_table(columns: list) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def _scatter_sources(weights: torch.Tensor, dy: torch.Tensor) -> list:
+def _scatter_sources(weights: torch.Tensor, g: torch.Tensor) -> list:
     """``w(c) * dL/dy_j`` of every corner read, one source per gradient column (feature pairs
-    as complex numbers): (M * C,) each. ``weights`` (L, n, G, C), ``dy`` (n, G, L, F)."""
-    n_features, n_corners = dy.shape[-1], weights.shape[-1]
-    g = dy.permute(3, 2, 0, 1).reshape(n_features, -1, 1)  # (F, M, 1), level-major
+    as complex numbers): (M * C,) each. ``weights`` (L, n, G, C), ``g`` dL/dy level-major
+    (L, n, G, F)."""
+    n_features, n_corners = g.shape[-1], weights.shape[-1]
+    g = g.view(-1, n_features, 1)  # (M, F, 1)
     w = weights.view(-1, n_corners)
     sources = []
     for p in range(n_features // 2):  # two products, interleaved; one buffer per column
         pair = BUFFERS.empty(w.numel(), dtype=COMPLEX[w.dtype])
         parts = torch.view_as_real(pair).view(*w.shape, 2)
-        torch.mul(w, g[2 * p], out=parts[..., 0])
-        torch.mul(w, g[2 * p + 1], out=parts[..., 1])
+        torch.mul(w, g[:, 2 * p], out=parts[..., 0])
+        torch.mul(w, g[:, 2 * p + 1], out=parts[..., 1])
         sources.append(pair)
     if n_features % 2:
-        sources.append((w * g[-1]).flatten())
+        sources.append((w * g[:, -1]).flatten())
     return sources
-
-
-def _scatter_column(column: torch.Tensor, pieces: list):
-    """``column[rows] += src`` for every (rows, src) in order: one column's table gradient,
-    a serial sum in a fixed order (reproducible run to run)."""
-
-    def run():
-        for rows, src in pieces:
-            column.index_add_(0, rows, src)
-
-    return run
-
-
-def _waves(chunks: list, size: int) -> list:
-    return [chunks[i : i + size] for i in range(0, len(chunks), size)]
 
 
 class _GridEncode(torch.autograd.Function):
@@ -282,14 +381,10 @@ class _GridEncode(torch.autograd.Function):
         for start, stop in _chunks(n, groups * n_levels * n_corners):
             rows, factors, ds = _corners(x[start:stop], dtype, geo)
             w = _weights(factors)
-            bags = F.embedding_bag(
-                rows.view(-1, n_corners),
-                table,
-                per_sample_weights=w.view(-1, n_corners),
-                mode="sum",
+            bags = _bags(rows.view(-1, n_corners), table, w)
+            _copy_rows(
+                out[start:stop], bags.view(n_levels, -1, groups, n_features).permute(1, 2, 0, 3)
             )
-            bags = bags.view(n_levels, stop - start, groups, n_features)
-            _copy_rows(out[start:stop], bags.permute(1, 2, 0, 3))
             if keep:
                 chunks.append(_Chunk(start, stop, rows, w, factors, ds))
             else:
@@ -311,52 +406,28 @@ class _GridEncode(torch.autograd.Function):
         need_dx, need_dparams = ctx.needs_input_grad[:2]
         dtype = compute_dtype(params)
         n, groups, d = x.shape
-        n_features, n_corners = params.shape[-1], 2**d
-        table = params.detach().to(dtype).reshape(-1, n_features)  # the forward-only bags
-        columns = _gradient_columns(len(table), n_features, dtype) if need_dparams else None
+        n_features = params.shape[-1]
+        table = params.detach().to(dtype).reshape(-1, n_features)
+        columns = _gradient_columns(len(table), n_features, dtype) if need_dparams else []
+        diffs = _differences(table, geo) if need_dx else []
         dx = torch.zeros(d, n, groups, dtype=dtype) if need_dx else None
         dy = dy.view(n, groups, geo.scale.shape[0], n_features)
-        ones = torch.ones(n_features, dtype=dtype)
-        # Per wave of chunks: the table-gradient scatters (serial in ATen; one per column of
-        # two features) run on worker threads while this thread computes the dL/dx bags
-        # (parallel in ATen), one per chunk and axis.
-        for wave in _waves(chunks, WAVE_CHUNKS):
-            dy_wave = [dy[c.start : c.stop].to(dtype) for c in wave]  # (n, G, L, F)
-            sources, scatters = [], []
-            if need_dparams:  # dL/dparams[j, rows] += w * dL/dy_j
-                sources = [_scatter_sources(chunk.weights, g) for chunk, g in zip(wave, dy_wave)]
-                scatters = [
-                    _scatter_column(
-                        column, [(c.rows.view(-1), s[j]) for c, s in zip(wave, sources)]
-                    )
-                    for j, column in enumerate(columns)
-                ]
-            scattered = in_background(scatters)
+        # Chunk by chunk: the table-gradient scatters (serial in ATen; one per column of two
+        # features) run on worker threads while this thread computes dL/dx (parallel ATen ops).
+        for chunk in chunks:
+            g = BUFFERS.empty(*chunk.rows.shape[:-1], n_features, dtype=dtype)  # level-major
+            _copy_rows(g, dy[chunk.start : chunk.stop].to(dtype).permute(2, 0, 1, 3))
+            sources = _scatter_sources(chunk.weights, g) if need_dparams else []
+            rows = chunk.rows.view(-1)  # dL/dparams[j, rows] += w * dL/dy_j, in chunk order
+            scattered = in_background(
+                [partial(column.index_add_, 0, rows, src) for column, src in zip(columns, sources)]
+            )
             try:
-                axis = [_axis_weights(chunk.factors) for chunk in wave] if need_dx else []
-                bags = iter(
-                    [
-                        F.embedding_bag(
-                            chunk.rows.view(-1, n_corners), table, per_sample_weights=w, mode="sum"
-                        )
-                        for chunk, weights in zip(wave, axis)
-                        for w in weights
-                    ]
-                )
+                if need_dx:
+                    dx[:, chunk.start : chunk.stop] = _dx(chunk, table, diffs, g, geo)
             finally:
                 scattered()  # the sources are in use until the scatters end
-            BUFFERS.give([t for ts in (*sources, *axis) for t in ts])
-            for chunk, g in zip(wave, dy_wave) if need_dx else ():
-                level_major = BUFFERS.empty(*chunk.weights.shape[:-1], n_features, dtype=dtype)
-                _copy_rows(level_major, g.permute(2, 0, 1, 3))
-                g = level_major.view(-1, n_features)  # (M, F)
-                dsk = torch.empty(d, *chunk.factors.shape[2:], dtype=dtype)  # (d, L, n, G)
-                for k in range(d):  # the row dots as a matrix-vector product: ~3x vecdot's speed
-                    torch.mv(next(bags) * g, ones, out=dsk[k].view(-1))
-                if chunk.ds is not None:
-                    dsk *= chunk.ds
-                dx[:, chunk.start : chunk.stop] = (dsk * geo.scale).sum(1)
-                BUFFERS.give((level_major,))
+            BUFFERS.give((*sources, g))
         if need_dx:
             inside = (x >= 0) & (x <= 1)
             dx = torch.where(inside, dx.permute(1, 2, 0), 0.0).to(x.dtype)
@@ -364,6 +435,7 @@ class _GridEncode(torch.autograd.Function):
         if need_dparams:
             dtable = _gradient_table(columns).view(params.shape).to(params.dtype)
             BUFFERS.give(columns)
+        BUFFERS.give(diffs)
         return dx, dtable, None
 
 
@@ -382,10 +454,11 @@ def _feature_rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def _copy_rows(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """``dst.copy_(src)`` for (..., F) tensors of one shape, whole feature rows at a time
-    where both layouts allow it."""
+    """``dst.copy_(src)`` for (..., K) tensors of one shape: whole rows of the last axis (a
+    lookup's features, a run of corner rows) at a time where both layouts allow it and
+    nothing is converted."""
     wide_dst, wide_src = _feature_rows(dst), _feature_rows(src)
-    if wide_dst.shape == wide_src.shape:
+    if wide_dst.shape == wide_src.shape and dst.dtype == src.dtype:
         wide_dst.copy_(wide_src)
     else:
         dst.copy_(src)

@@ -116,13 +116,13 @@ def test_gradients_are_bitwise_reproducible():
 @settings(max_examples=2)
 @given(seed=st.integers(0, 2**31 - 1))
 def test_threaded_backward_matches_the_reference_and_repeats_exactly(seed):
-    """With several torch threads the backward's scatters and bags run on Python threads (CI
-    runs one torch thread per test worker, so this path is forced here): the same values,
-    and bit for bit the same on a second run."""
+    """With several torch threads the backward's scatters run on worker threads (CI runs one
+    torch thread per test worker, so this path is forced here): the same values, and bit for
+    bit the same on a second run."""
     case = {"config": BRICS_DEFAULT, "n_points": 341, "special_fraction": 0.05, "seed": seed}
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cpu, "CHUNK_CONTRIBUTIONS", 2**12)  # many chunks and waves
+        patch.setattr(cpu, "CHUNK_CONTRIBUTIONS", 2**12)  # many chunks
         torch.set_num_threads(2)
         try:
             check_pair(case, backend="cpu")
