@@ -216,9 +216,13 @@ def _axis_weights(factors: torch.Tensor) -> list[torch.Tensor]:
     """``dw(c)/ds_k`` for every axis k, corner last (M, C): ``±`` (b_k = 1 / 0) the product
     of the other axes' factors, so each product is formed once and only negated."""
     d, n_corners = len(factors), 2 ** len(factors)
-    weights = []
+    pairs, weights = list(factors), []
     for k in range(d):
-        plus = _others(factors, k)
+        others = pairs[:k] + pairs[k + 1 :]
+        if others:
+            plus = _fold(others).flatten(1)
+        else:  # in_dim 1: dw/ds = -1, +1
+            plus = torch.ones(1, factors[0, 0].numel(), dtype=factors.dtype)
         low = (1 << k) - 1  # corner c without bit k: its low bits, then the rest shifted down
         out = BUFFERS.empty(plus.shape[1], n_corners, dtype=plus.dtype)
         for c in range(n_corners):
@@ -229,16 +233,6 @@ def _axis_weights(factors: torch.Tensor) -> list[torch.Tensor]:
                 torch.neg(column, out=out[:, c])
         weights.append(out)
     return weights
-
-
-def _others(factors: torch.Tensor, k: int) -> torch.Tensor:
-    """The product of all axes' factors but axis k's, for the corners of the other axes,
-    corner first: (2**(d-1), M)."""
-    pairs = list(factors)
-    others = pairs[:k] + pairs[k + 1 :]
-    if not others:  # in_dim 1
-        return torch.ones(1, factors[0, 0].numel(), dtype=factors.dtype)
-    return _fold(others).flatten(1)
 
 
 def _differences(table: torch.Tensor, geo: Geometry) -> list[torch.Tensor]:
@@ -259,7 +253,8 @@ def _differences(table: torch.Tensor, geo: Geometry) -> list[torch.Tensor]:
             s = shifts[k]
             seg, dst = t[:, offset : offset + size], v[:, offset : offset + size]
             torch.sub(seg[:, s:], seg[:, : size - s], out=dst[:, : size - s])
-            torch.sub(seg[:, :s], seg[:, size - s :], out=dst[:, size - s :])  # wrapped
+            # Tiled levels wrap around; on dense ones these last rows are never read.
+            torch.sub(seg[:, :s], seg[:, size - s :], out=dst[:, size - s :])
         out.append(diff)
     return out
 
