@@ -1,233 +1,465 @@
-"""One stage-1 training step on a GPU: BRICS against an LDM VQ-f4 autoencoder, same discriminator.
+"""One stage-1 training step as ``train/ae.py`` runs it: BRICS against VQ-f4, same D and LPIPS.
 
-    python bench/train_step.py                  # batch 12, 256^2, fp32 and bf16 autocast
-    python bench/train_step.py --batch-size 4 --precisions bf16
+    python bench/train_step.py --device cpu --batch-size 1      # counts, FLOPs and CPU times
+    python bench/train_step.py --device cuda                    # batch 12, 256^2, tf32 and bf16
+    python bench/train_step.py --device cpu --baseline DIR      # also another checkout's code
 
-A step is what ``train/ae.py`` does once the GAN has started: the autoencoder update
-(20 L2 + 5 LPIPS + WGAN generator term, plus the codebook/commitment loss for VQ) and the
-discriminator update (WGAN critic loss + 4 gradient penalty), each followed by Adam. Both
-models get the same StyleGAN2 discriminator, the same LPIPS module (random VGG weights:
-the same compute as the pretrained one, which cannot be downloaded here) and the same
-batch of random images, with cuDNN autotuning on. Times are CUDA-event medians over
-``--steps`` steps after ``--warmup``; memory is the peak allocated during the timed steps
-(weights, optimizer state and activations). Writes ``bench/results/train_step_<gpu>.{json,md}``.
+The step is ``AutoencoderStage.train_step`` of ``train/ae.py`` itself, built from its own
+options with the GAN on from step 0: the autoencoder update (20 L2 + 5 LPIPS + the GAN
+generator term), then the discriminator update, whose penalty (R1 or WGAN-GP) runs on the
+*regularised* steps only (every ``--reg-interval``-th step under lazy regularisation, every
+step for the text's WGAN-GP). Both kinds of step are measured apart. LPIPS has random VGG
+weights (the same compute as the pretrained ones, which cannot be downloaded here); every
+model trains on the same random batch.
 
-The VQ-f4 model is diffusers' ``VQModel`` with LDM's ``vq-f4`` configuration (channels
-128/256/512, 2 res blocks, 3 latent channels, 8192 codes; ``pip install -e ".[bench]"``).
+For each model (``brics``, ``vq-f4``: diffusers' ``VQModel`` with LDM's ``vq-f4``
+configuration, channels 128/256/512, 2 res blocks, 3 latent channels, 8192 codes, trained
+with BRICS's D, LPIPS and loss weights plus its codebook and commitment loss) and, with
+``--baseline``, BRICS as the code of another checkout trains it: aten ops, convolutions,
+grouped convolutions and FLOPs of one step of each kind, counted in a step of its own; and
+the step time, each provider in a process of its own, the providers alternating in rounds
+(these machines drift by up to 2x within an hour). Times are per-step medians over rounds;
+on CUDA, CUDA-event times and the peak memory of the timed steps. Writes
+``bench/results/train_step_<device>.{json,md}`` after every measurement, so a run cut short
+keeps what it measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ of this checkout
-
-import torch
-import torch.nn.functional as F
-
-from models import BRICSAutoencoder, Discriminator, LossConfig, build_optimizers, get_preset
-from models.losses import build_perceptual_loss, discriminator_loss
-
-RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("regularised", "unregularised")
 
 
-class VQF4(torch.nn.Module):
-    """LDM's VQ-f4 through diffusers: reconstruction and codebook + commitment loss."""
+# --- the worker: one provider in a process of its own ----------------------------------------
+def build_stage(spec: dict, out_dir: Path):
+    """``train/ae.py``'s stage for ``spec``, from the checkout ``spec['checkout']``."""
+    sys.path.insert(0, str(Path(spec["checkout"]).resolve()))
+    import torch
 
-    def __init__(self) -> None:
-        super().__init__()
+    from models.losses import build_perceptual_loss
+    from models.recipes import ae_recipe
+    from train.ae import AEOptions, AutoencoderStage
+
+    fields = {
+        "output_dir": out_dir,
+        "preset": spec["preset"],
+        "gan": spec["gan"],
+        "gan_start": 0,
+        "perceptual": "none",  # replaced below by LPIPS with random weights
+        "batch_size": spec["batch"],
+        "mixed_precision": "bf16" if spec["precision"] == "bf16" else "no",
+        "cpu_threads": spec["threads"],
+        **spec.get("options", {}),
+    }
+    known = AEOptions.__dataclass_fields__
+    options = AEOptions(**{k: v for k, v in fields.items() if k in known})
+    stage = AutoencoderStage(options.with_recipe(ae_recipe(spec["preset"])))
+    device = stage.accelerator.device
+    if device.type == "cuda":
+        tf32 = spec["precision"] != "fp32"
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True
+    if spec["perceptual"]:
+        stage.perceptual = build_perceptual_loss("lpips", pretrained=False).to(device)
+    if spec["model"] == "vq-f4":
+        from models.optim import build_optimizers
+
+        model = VQF4().to(device)
+        stage.autoencoder = stage.accelerator.prepare(model)
+        stage.ae_opt = stage.accelerator.prepare(build_optimizers(model, None, options.lr)[0])
+    return stage
+
+
+class VQF4:  # built lazily: diffusers is a benchmark-only dependency
+    def __new__(cls):
+        import torch
         from diffusers import VQModel
 
-        self.model = VQModel(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 3,
-            up_block_types=("UpDecoderBlock2D",) * 3,
-            block_out_channels=(128, 256, 512),
-            layers_per_block=2,
-            latent_channels=3,
-            num_vq_embeddings=8192,
-            vq_embed_dim=3,
-            norm_num_groups=32,
-            sample_size=256,
-        )
+        from models.autoencoder import AutoencoderOutput
 
-    def forward(self, images):
-        out = self.model(images)
-        return out.sample, out.commit_loss.mean()
+        class _VQF4(torch.nn.Module):
+            """LDM's VQ-f4 through diffusers; its codebook + commitment loss as the extra term."""
 
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = VQModel(
+                    in_channels=3,
+                    out_channels=3,
+                    down_block_types=("DownEncoderBlock2D",) * 3,
+                    up_block_types=("UpDecoderBlock2D",) * 3,
+                    block_out_channels=(128, 256, 512),
+                    layers_per_block=2,
+                    latent_channels=3,
+                    num_vq_embeddings=8192,
+                    vq_embed_dim=3,
+                    norm_num_groups=32,
+                    sample_size=256,
+                )
 
-class BRICS(torch.nn.Module):
-    def __init__(self, preset: str) -> None:
-        super().__init__()
-        self.model = BRICSAutoencoder(get_preset(preset))
+            def forward(self, images):
+                out = self.model(images)
+                return AutoencoderOutput(
+                    out.sample, images.new_zeros(()), extra_loss=out.commit_loss.mean()
+                )
 
-    def forward(self, images):
-        return self.model(images).reconstruction, None
-
-
-def make_step(model, discriminator, perceptual, losses: LossConfig, dtype):
-    ae_opt, d_opt = build_optimizers(model, discriminator, 1e-4)
-
-    def step(images):
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-            rec, extra = model(images)
-            discriminator.requires_grad_(False)
-            fake_logits = discriminator(rec)
-            discriminator.requires_grad_(True)
-            loss = losses.l2_weight * F.mse_loss(rec.float(), images)
-            loss = loss + losses.perceptual_weight * perceptual(rec, images)
-            loss = loss - fake_logits.float().mean()
-            if extra is not None:
-                loss = loss + extra
-        loss.backward()
-        ae_opt.step()
-        ae_opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-            d_loss, _ = discriminator_loss(losses, discriminator, images, rec, 0)
-        d_loss.backward()
-        d_opt.step()
-        d_opt.zero_grad(set_to_none=True)
-
-    return step
+        return _VQF4()
 
 
-def measure(name, build, batch, size, dtype, warmup: int, steps: int, profile=False) -> dict:
-    torch.manual_seed(0)
-    model = build().cuda().train()
-    discriminator = Discriminator(size).cuda()
-    perceptual = build_perceptual_loss("lpips", pretrained=False).cuda()
-    losses = LossConfig()
-    step = make_step(model, discriminator, perceptual, losses, dtype)
-    images = torch.rand(batch, 3, size, size, device="cuda") * 2 - 1
-    for i in range(warmup):
-        begin = time.perf_counter()
-        step(images)
-        torch.cuda.synchronize()
-        print(f"  {name} warm-up step {i}: {time.perf_counter() - begin:.2f} s", flush=True)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+def step_index(stage, kind: str) -> int | None:
+    """A step number of ``kind`` for the stage's penalty schedule (None: no such step)."""
+    interval = reg_interval(stage)
+    if kind == "regularised":
+        return 0
+    return 1 if interval > 1 else None
+
+
+def reg_interval(stage) -> int:
+    losses = stage.losses
+    if hasattr(losses, "reg_interval"):
+        return losses.reg_interval
+    return losses.r1_interval if losses.gan == "nonsaturating-r1" else 1  # older code
+
+
+def count_step(stage, images, index: int) -> dict:
+    """Ops, convolutions and FLOPs of one ``train_step`` at step ``index`` (after a warm-up)."""
+    from op_counter import OpCounter
+
+    stage.step = index
+    with fir_form("folded"):  # count what a GPU launches: the FIR passes in their CUDA form
+        stage.train_step(images)
+        stage.step = index
+        with OpCounter() as counter:
+            stage.train_step(images)
+    return counter.summary()
+
+
+def fir_form(form: str | None):
+    """``models.resample.fir_form`` where the checkout has it (older code: no such choice)."""
+    try:
+        from models.resample import fir_form as choose
+    except ImportError:
+        return contextlib.nullcontext()
+    return choose(form) if form else contextlib.nullcontext()
+
+
+def time_steps(stage, images, index: int, steps: int) -> list[float]:
+    """Milliseconds of ``steps`` calls of ``train_step`` at step ``index``."""
+    import torch
+
+    cuda = images.is_cuda
     times = []
     for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step(images)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    if profile:
-        from torch.profiler import ProfilerActivity
-        from torch.profiler import profile as profiler
+        stage.step = index
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        begin = time.perf_counter()
+        stage.train_step(images)
+        if cuda:
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            times.append((time.perf_counter() - begin) * 1e3)
+    return times
 
-        with profiler(activities=[ProfilerActivity.CUDA]) as prof:
-            step(images)
-            torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
-    row = {
-        "model": name,
-        "precision": str(dtype).removeprefix("torch."),
-        "batch": batch,
-        "image_size": size,
-        "ms_median": statistics.median(times),
-        "ms_min": min(times),
-        "ms_max": max(times),
-        "images_per_s": batch / (statistics.median(times) / 1e3),
-        "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30,
-        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
-        "disc_params_m": sum(p.numel() for p in discriminator.parameters()) / 1e6,
+
+def run_worker(spec: dict) -> dict:
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = build_stage(spec, Path(tmp))
+        device = stage.accelerator.device
+        size = stage.options.model_config().image_size
+        generator = torch.Generator().manual_seed(0)
+        images = (torch.rand(spec["batch"], 3, size, size, generator=generator) * 2 - 1).to(device)
+        result = {"kinds": {}}
+        for kind in KINDS:
+            index = step_index(stage, kind)
+            if index is None:
+                continue
+            entry = {}
+            if spec["count"]:
+                entry.update(count_step(stage, images, index))
+            if spec["steps"]:
+                with fir_form(spec.get("fir")):
+                    time_steps(stage, images, index, spec["warmup"])
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                        torch.cuda.reset_peak_memory_stats()
+                    entry["ms"] = time_steps(stage, images, index, spec["steps"])
+                if device.type == "cuda":
+                    entry["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            result["kinds"][kind] = entry
+        count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6
+        result["params_m"] = count(stage.accelerator.unwrap_model(stage.autoencoder))
+        result["disc_params_m"] = count(stage.accelerator.unwrap_model(stage.disc))
+        result["reg_interval"] = reg_interval(stage)
+        return result
+
+
+def spawn(spec: dict) -> dict:
+    """Run one worker in a fresh process; its last output line is the JSON result."""
+    command = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if spec["device"] == "cpu" else {})}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+    if done.returncode:
+        raise RuntimeError(f"worker {spec['name']} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- the driver ----------------------------------------------------------------------------------
+def providers(args) -> list[dict]:
+    base = {
+        "preset": args.preset,
+        "batch": args.batch_size,
+        "gan": args.gan,
+        "perceptual": not args.no_perceptual,
+        "threads": args.threads,
+        "device": args.device,
+        "fir": args.fir,
+        "options": {"channels_last": args.channels_last, "compile": args.compile},
     }
-    del model, discriminator, perceptual, step
-    torch.cuda.empty_cache()
-    return row
+    out = [{**base, "name": "brics", "model": "brics", "checkout": str(ROOT)}]
+    if not args.no_vq:
+        out.append({**base, "name": "vq-f4", "model": "vq-f4", "checkout": str(ROOT)})
+    if args.baseline:
+        out.append(
+            {**base, "name": "brics-baseline", "model": "brics", "checkout": str(args.baseline)}
+        )
+    return out
+
+
+def measure(args, env: dict, stem: Path) -> list[dict]:
+    rows = []
+    for precision in args.precisions:
+        specs = [{**p, "precision": precision} for p in providers(args)]
+        results = {}
+        for spec in specs:  # counts, one process per provider
+            results[spec["name"]] = spawn({**spec, "count": True, "steps": 0, "warmup": 0})
+            print(f"{spec['name']} {precision}: {summary(results[spec['name']])}", flush=True)
+            write(stem, env, rows + assemble(specs, results, {}))
+        times = {spec["name"]: {} for spec in specs}
+        for round_index in range(args.rounds):
+            order = specs[round_index % len(specs) :] + specs[: round_index % len(specs)]
+            for spec in order:
+                timed = spawn({**spec, "count": False, "steps": args.steps, "warmup": args.warmup})
+                for kind, entry in timed["kinds"].items():
+                    times[spec["name"]].setdefault(kind, []).append(entry)
+                print(f"round {round_index} {spec['name']} {precision}: done", flush=True)
+                write(stem, env, rows + assemble(specs, results, times))
+        rows += assemble(specs, results, times)
+    return rows
+
+
+def assemble(specs: list[dict], results: dict, times: dict) -> list[dict]:
+    rows = []
+    for spec in specs:
+        counted = results.get(spec["name"])
+        if counted is None:
+            continue
+        for kind, entry in counted["kinds"].items():
+            row = {
+                "provider": spec["name"],
+                "checkout": spec["checkout"] if spec["name"].endswith("baseline") else "this",
+                "precision": spec["precision"],
+                "kind": kind,
+                "preset": spec["preset"],
+                "batch": spec["batch"],
+                "gan": spec["gan"],
+                "reg_interval": counted["reg_interval"],
+                "params_m": counted["params_m"],
+                "disc_params_m": counted["disc_params_m"],
+                **{k: v for k, v in entry.items() if k != "ms"},
+            }
+            rounds = times.get(spec["name"], {}).get(kind, [])
+            if rounds:
+                means = [statistics.mean(r["ms"]) for r in rounds]
+                row.update(
+                    ms_median=statistics.median(means),
+                    ms_min=min(means),
+                    ms_max=max(means),
+                    rounds=len(means),
+                    images_per_s=spec["batch"] / (statistics.median(means) / 1e3),
+                )
+                peaks = [r["peak_memory_gb"] for r in rounds if "peak_memory_gb" in r]
+                if peaks:
+                    row["peak_memory_gb"] = max(peaks)
+            rows.append(row)
+    return rows
+
+
+def summary(result: dict) -> str:
+    return "; ".join(
+        f"{kind}: {e['aten_ops']} ops, {e['convolutions']} convs "
+        f"({e['grouped_convolutions']} grouped), {e['tflop']:.3f} TFLOP"
+        for kind, e in result["kinds"].items()
+    )
 
 
 def markdown(env: dict, rows: list[dict]) -> str:
+    extra = f", CUDA {env['cuda']}" if "cuda" in env else f", {env.get('threads')} threads"
     lines = [
         f"# Stage-1 training step — {env['device']}",
         "",
-        f"{env['date']}; torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}; "
-        f"diffusers {env.get('diffusers', '—')}",
+        f"{env['date']}; torch {env['torch']}, triton {env.get('triton', '—')}{extra}; "
+        f"diffusers {env.get('diffusers', '—')}. `python bench/train_step.py "
+        f"{env.get('command', '')}`",
         "",
-        "| model | precision | batch | ms/step (median) | min–max | images/s | peak GB "
-        "| AE params (M) | vs VQ-f4 time | vs VQ-f4 memory |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| provider | precision | step | aten ops | convs | grouped | TFLOP | ms/step (median) "
+        "| min–max | images/s | peak GB | vs VQ-f4 | vs baseline |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    vq = {r["precision"]: r for r in rows if r["model"] == "vq-f4"}
+    index = {(r["provider"], r["precision"], r["kind"]): r for r in rows}
     for r in rows:
-        ref = vq.get(r["precision"])
-        ratio_t = f"{ref['ms_median'] / r['ms_median']:.2f}x" if ref else "—"
-        ratio_m = f"{r['peak_memory_gb'] / ref['peak_memory_gb']:.2f}" if ref else "—"
+        ms = r.get("ms_median")
+        ratios = []
+        for other in ("vq-f4", "brics-baseline"):
+            ref = index.get((other, r["precision"], r["kind"]))
+            good = ms and ref and ref.get("ms_median") and r["provider"] != other
+            ratios.append(f"{ref['ms_median'] / ms:.2f}x" if good else "—")
         lines.append(
-            f"| {r['model']} | {r['precision']} | {r['batch']} | {r['ms_median']:.1f} | "
-            f"{r['ms_min']:.1f}–{r['ms_max']:.1f} | {r['images_per_s']:.1f} | "
-            f"{r['peak_memory_gb']:.2f} | {r['params_m']:.1f} | {ratio_t} | {ratio_m} |"
+            f"| {r['provider']} | {r['precision']} | {r['kind']} | {r['aten_ops']} | "
+            f"{r['convolutions']} | {r['grouped_convolutions']} | {r['tflop']:.3f} | "
+            + (
+                f"{ms:.0f} | {r['ms_min']:.0f}–{r['ms_max']:.0f} | {r['images_per_s']:.2f} | "
+                if ms
+                else "— | — | — | "
+            )
+            + f"{r.get('peak_memory_gb', float('nan')):.2f} | {ratios[0]} | {ratios[1]} |"
         )
     lines += [
         "",
-        "vs VQ-f4 time: VQ-f4's step time over this row's (>1: faster than VQ-f4). "
-        "vs VQ-f4 memory: this row's peak over VQ-f4's.",
+        "vs VQ-f4 / vs baseline: that provider's step time over this row's (> 1: this row is "
+        "faster), same precision and kind of step.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def write(stem: Path, env: dict, rows: list[dict]) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+    stem.with_suffix(".md").write_text(markdown(env, rows))
+
+
+def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-size", type=int, default=12, help="images per step")
-    parser.add_argument("--preset", default="church-64x64x4", help="BRICS preset (256^2 images)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda", help="where to run")
+    parser.add_argument("--preset", default="church-64x64x4", help="BRICS preset")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per step (default: 12 on CUDA, 1 on the CPU)",
+    )
+    parser.add_argument(
+        "--gan",
+        default=None,
+        choices=("nonsaturating-r1", "wgan-gp"),
+        help="adversarial loss (default: train/ae.py's)",
+    )
     parser.add_argument(
         "--precisions",
         nargs="+",
-        choices=("fp32", "bf16"),
-        default=["fp32", "bf16"],
-        help="fp32, and/or bf16 autocast",
+        choices=("fp32", "tf32", "bf16"),
+        default=None,
+        help="default: tf32 bf16 on CUDA, fp32 on the CPU",
     )
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps")
-    parser.add_argument("--out", type=Path, default=None, help="output stem")
     parser.add_argument(
-        "--profile", action="store_true", help="print the CUDA kernels of one step per model"
+        "--rounds",
+        type=int,
+        default=None,
+        help="timing rounds per provider (default: 3 on the CPU, 1 on CUDA)",
     )
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        parser.error("needs a CUDA GPU")
-    torch.backends.cudnn.benchmark = True  # both models: what a training run would set
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps of each kind per round (default: 1 on the CPU, 10 on CUDA)",
+    )
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each kind first")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads on the CPU (0: all cores)"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a checkout of other code (say, the commit before a change) to "
+        "time BRICS's step of as well",
+    )
+    parser.add_argument("--no-vq", action="store_true", help="skip the VQ-f4 baseline")
+    parser.add_argument(
+        "--fir",
+        choices=("folded", "depthwise"),
+        default=None,
+        help="form of BRICS's FIR passes when timing (default: the device's; "
+        "op counts always use the CUDA form, folded)",
+    )
+    parser.add_argument(
+        "--channels-last", action="store_true", help="train/ae.py --channels-last true"
+    )
+    parser.add_argument("--compile", action="store_true", help="train/ae.py --compile true")
+    parser.add_argument("--no-perceptual", action="store_true", help="no LPIPS term")
+    parser.add_argument("--count-only", action="store_true", help="ops and FLOPs, no timing")
+    parser.add_argument("--out", type=Path, default=None, help="output stem (.json/.md added)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return parser, args
+    cpu = args.device == "cpu"
+    args.batch_size = args.batch_size or (1 if cpu else 12)
+    args.precisions = args.precisions or (["fp32"] if cpu else ["tf32", "bf16"])
+    args.rounds = 0 if args.count_only else (args.rounds or (3 if cpu else 1))
+    args.steps = args.steps or (1 if cpu else 10)
+    for name in ("batch_size", "steps", "warmup"):
+        if getattr(args, name) < (1 if name != "warmup" else 0):
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.baseline and not (args.baseline / "train" / "ae.py").is_file():
+        parser.error(f"--baseline {args.baseline}: no train/ae.py there")
+    return parser, args
+
+
+def main(argv=None) -> None:
+    parser, args = parse(argv)
+    if args.worker:
+        print(json.dumps(run_worker(json.loads(args.worker))))
+        return
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA GPU (use --device cpu)")
+    if args.gan is None:
+        sys.path.insert(0, str(ROOT))
+        from train.ae import AEOptions
+
+        args.gan = AEOptions.__dataclass_fields__["gan"].default
     from bench_grid import environment
 
-    env = environment("cuda")
-    try:
-        import diffusers
+    env = environment(args.device)
+    env["command"] = " ".join(sys.argv[1:] if argv is None else argv)
+    if not args.no_vq:
+        try:
+            import diffusers
 
-        env["diffusers"] = diffusers.__version__
-    except ImportError:
-        parser.error('the VQ-f4 baseline needs diffusers: pip install -e ".[bench]"')
-    size = get_preset(args.preset).image_size
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    rows = []
-    for precision in args.precisions:
-        for name, build in (("brics", lambda: BRICS(args.preset)), ("vq-f4", VQF4)):
-            row = measure(
-                name,
-                build,
-                args.batch_size,
-                size,
-                dtypes[precision],
-                args.warmup,
-                args.steps,
-                args.profile and precision == args.precisions[0],
-            )
-            rows.append({**env, **row})
-            ms, gb = row["ms_median"], row["peak_memory_gb"]
-            print(f"{name:6s} {precision}: {ms:.1f} ms, {gb:.2f} GB", flush=True)
-            # Written after every row, so a run cut short keeps what it measured.
-            stem = args.out or RESULTS / f"train_step_{env['device'].replace(' ', '_')}"
-            payload = {"environment": env, "rows": rows}
-            stem.with_suffix(".json").write_text(json.dumps(payload, indent=1))
-            stem.with_suffix(".md").write_text(markdown(env, rows))
+            env["diffusers"] = diffusers.__version__
+        except ImportError:
+            parser.error('the VQ-f4 baseline needs diffusers: pip install -e ".[bench]"')
+    name = env["device"].replace(" ", "_").replace("(R)", "").replace("(TM)", "")
+    stem = args.out or ROOT / "bench" / "results" / f"train_step_{name}"
+    rows = measure(args, env, stem)
+    write(stem, env, rows)
     print(markdown(env, rows))
 
 

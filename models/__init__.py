@@ -3,7 +3,13 @@
 from .autoencoder import AutoencoderOutput, BRICSAutoencoder
 from .config import DEFAULT_PRESET, PRESETS, BRICSConfig, get_preset
 from .discriminator import Discriminator
-from .losses import LossConfig, build_perceptual_loss, discriminator_loss, generator_loss
+from .losses import (
+    LossConfig,
+    build_perceptual_loss,
+    discriminator_loss,
+    discriminator_penalty,
+    generator_loss,
+)
 from .optim import build_optimizers
 
 __all__ = [
@@ -17,6 +23,7 @@ __all__ = [
     "build_optimizers",
     "build_perceptual_loss",
     "discriminator_loss",
+    "discriminator_penalty",
     "generator_loss",
     "get_preset",
 ]

@@ -22,6 +22,7 @@ class AutoencoderOutput:
     key_code: torch.Tensor  # (B, Cz, Hz, Wz) in [0, 1]
     mean: torch.Tensor | None = None  # KL variant: posterior mean (B, Cz, Hz, Wz), pre-sigmoid
     logvar: torch.Tensor | None = None  # KL variant: posterior log-variance
+    extra_loss: torch.Tensor | None = None  # another model's own term (a VQ codebook loss), x 1
 
 
 class BRICSAutoencoder(PretrainedMixin, nn.Module):

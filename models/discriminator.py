@@ -23,16 +23,22 @@ class DiscriminatorBlock(nn.Module):
         return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2.0)
 
 
-def minibatch_stddev(x: torch.Tensor, group_size: int = 4) -> torch.Tensor:
-    """Append the mean per-group feature standard deviation as one extra channel."""
-    b, c, h, w = x.shape
+def minibatch_stddev(x: torch.Tensor, group_size: int = 4, parts: int = 1) -> torch.Tensor:
+    """Append the mean per-group feature standard deviation as one extra channel.
+
+    ``parts``: the batch is that many batches side by side (real and fake images in one
+    pass), each grouped on its own, so that D of the concatenation equals D of each part.
+    Within a part of b samples, sample g * (b / group) + j belongs to group j.
+    """
+    n, c, h, w = x.shape
+    b = n // parts
     group = min(group_size, b)
     if b % group:
         group = 1
-    y = x.reshape(group, -1, c, h, w)
-    std = torch.sqrt(y.var(dim=0, unbiased=False) + 1e-8).mean(dim=(1, 2, 3))  # (B / group,)
-    std = std.reshape(-1, 1, 1, 1).repeat(group, 1, h, w)
-    return torch.cat([x, std], dim=1)
+    y = x.reshape(parts, group, b // group, c, h, w)
+    std = torch.sqrt(y.var(dim=1, unbiased=False) + 1e-8).mean(dim=(2, 3, 4))  # (parts, b/group)
+    std = std[:, None].expand(parts, group, b // group).reshape(n, 1, 1, 1)
+    return torch.cat([x, std.expand(n, 1, h, w)], dim=1)
 
 
 class Discriminator(nn.Module):
@@ -60,7 +66,10 @@ class Discriminator(nn.Module):
             EqualLinear(c_in * 4 * 4, c_in, activation=True), EqualLinear(c_in, 1)
         )
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, parts: int = 1) -> torch.Tensor:
+        """Logits (B,) of images (B, 3, H, W); ``parts``: see :func:`minibatch_stddev`."""
+        if images.shape[0] % parts:
+            raise ValueError(f"batch {images.shape[0]} does not split into parts={parts}")
         x = self.blocks(self.from_rgb(images))
-        x = self.final_conv(minibatch_stddev(x))
+        x = self.final_conv(minibatch_stddev(x, parts=parts))
         return self.final_linear(x.flatten(1)).squeeze(1)

@@ -2,8 +2,11 @@
 
 Generator: ``20 L2 + 5 perceptual + GAN`` (+ ``1e-6 KL`` for KL-regularised key codes, the KL
 averaged per code element as the authors' ``training/loss.py``).
-Discriminator: the paper's WGAN loss with gradient penalty (weight 4), or the authors'
-released choice, the non-saturating logistic loss with lazy R1 (gamma 4, every 16 steps).
+Discriminator: the authors' released choice (the paper presets' default), the non-saturating
+logistic loss with lazy R1 (gamma 4, every 16 steps), or the paper text's WGAN loss with
+gradient penalty (weight 4, every step; a lazy variant is allowed). Lazy regularisation
+(StyleGAN2 Sec. 3.1): the penalty runs on every k-th D step only, weighted by k, so that its
+average weight is unchanged.
 Perceptual: LPIPS (the paper) or an L1 distance of VGG16 features (the authors' code,
 ``training/vgg_perceptual_loss.py``).
 """
@@ -24,18 +27,23 @@ PERCEPTUAL = ("lpips", "vgg", "none")
 GAN_LOSSES = ("wgan-gp", "nonsaturating-r1")
 
 
+# The penalty's interval when none is given: the authors' lazy R1 (training/loss.py with
+# D_reg_interval 16) and the text's every-step WGAN-GP.
+DEFAULT_REG_INTERVAL = {"nonsaturating-r1": 16, "wgan-gp": 1}
+
+
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss choices and weights; the defaults are the paper's (App. A.3)."""
+    """Loss choices and weights (App. A.3's weights; the GAN loss of the authors' code)."""
 
     l2_weight: float = 20.0
     perceptual: str = "lpips"
     perceptual_weight: float = 5.0
-    gan: str = "wgan-gp"
+    gan: str = "nonsaturating-r1"
     gan_weight: float = 1.0
     gp_weight: float = 4.0  # WGAN-GP penalty weight
     r1_gamma: float = 4.0  # R1 weight gamma (penalty gamma / 2 * |grad|^2)
-    r1_interval: int = 16  # lazy R1: every this many discriminator steps
+    reg_interval: int | None = None  # penalty every this many D steps (None: DEFAULT_REG_INTERVAL)
     kl_weight: float = 1e-6
 
     def __post_init__(self) -> None:
@@ -43,8 +51,20 @@ class LossConfig:
             raise ValueError(f"perceptual must be one of {PERCEPTUAL}, got {self.perceptual!r}")
         if self.gan not in GAN_LOSSES:
             raise ValueError(f"gan must be one of {GAN_LOSSES}, got {self.gan!r}")
-        if self.r1_interval < 1:
-            raise ValueError(f"r1_interval must be >= 1, got {self.r1_interval}")
+        if self.reg_interval is None:
+            object.__setattr__(self, "reg_interval", DEFAULT_REG_INTERVAL[self.gan])
+        if self.reg_interval < 1:
+            raise ValueError(f"reg_interval must be >= 1, got {self.reg_interval}")
+
+    @property
+    def lazy(self) -> bool:
+        """Lazy regularisation: the penalty is an update of its own every ``reg_interval``
+        steps (False: part of every D update)."""
+        return self.reg_interval > 1
+
+    def regularised(self, step: int) -> bool:
+        """Whether step ``step`` runs the penalty."""
+        return step % self.reg_interval == 0
 
 
 class LPIPSLoss(nn.Module):
@@ -128,12 +148,26 @@ def wgan_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
 
 
-def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """WGAN-GP (Gulrajani et al. 2017): E[(|grad D(x_hat)|_2 - 1)^2] on random interpolates."""
-    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
-    mixed = (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+def gradient_penalty(
+    critic: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    mixed: torch.Tensor | None = None,
+    mixed_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): E[(|grad D(x_hat)|_2 - 1)^2] on random interpolates
+    x_hat of real and fake images (``mixed`` and its logits when already computed)."""
+    if mixed is None:
+        mixed = interpolates(real, fake)
+        mixed_logits = critic(mixed)
+    (grad,) = torch.autograd.grad(mixed_logits.sum(), mixed, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+
+def interpolates(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """alpha real + (1 - alpha) fake, alpha ~ U(0, 1) per image, requiring grad."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    return (alpha * real.detach() + (1 - alpha) * fake.detach()).requires_grad_(True)
 
 
 def nonsaturating_discriminator_loss(
@@ -146,10 +180,15 @@ def nonsaturating_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_logits).mean()
 
 
-def r1_penalty(discriminator: nn.Module, real: torch.Tensor) -> torch.Tensor:
-    """R1 (Mescheder et al. 2018): E[|grad D(x)|^2] on real images."""
-    real = real.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(discriminator(real).sum(), real, create_graph=True)
+def r1_penalty(
+    discriminator: nn.Module, real: torch.Tensor, real_logits: torch.Tensor | None = None
+) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): E[|grad D(x)|^2] on real images. ``real_logits``: D's
+    logits of ``real`` when already computed with ``real`` requiring grad (one D pass)."""
+    if real_logits is None:
+        real = real.detach().requires_grad_(True)
+        real_logits = discriminator(real)
+    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
     return grad.square().flatten(1).sum(dim=1).mean()
 
 
@@ -185,28 +224,74 @@ def generator_loss(
     if output.mean is not None:
         terms["kl"] = kl_loss(output.mean, output.logvar)
         total = total + config.kl_weight * terms["kl"]
+    if output.extra_loss is not None:
+        terms["extra"] = output.extra_loss
+        total = total + output.extra_loss
     return total, terms
 
 
 def discriminator_loss(
-    config: LossConfig, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, step: int
+    config: LossConfig,
+    discriminator: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    penalty: bool | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total discriminator loss and its terms at discriminator step ``step`` (for lazy R1)."""
-    fake = fake.detach()
-    real_logits, fake_logits = discriminator(real), discriminator(fake)
-    terms = {}
+    """D's loss on ``real`` and ``fake`` images and its terms.
+
+    ``penalty`` (default: when the penalty runs on every step, ``reg_interval == 1``) adds
+    the penalty in the same update, R1 reusing D's pass over the real images for its
+    gradient (StyleGAN2-ADA's ``Dboth`` phase). Under lazy regularisation the penalty is an
+    update of its own instead (:func:`discriminator_penalty`).
+    """
+    penalty = config.reg_interval == 1 if penalty is None else penalty
+    real = real.detach()
+    r1 = penalty and config.gan == "nonsaturating-r1"
+    if r1:
+        real = real.requires_grad_(True)
+    # One D pass over both batches (minibatch statistics within each: models/discriminator.py)
+    both = discriminator(torch.cat([real, fake.detach()]), parts=2)
+    real_logits, fake_logits = both.chunk(2)
     if config.gan == "wgan-gp":
-        terms["gan_d"] = wgan_discriminator_loss(real_logits, fake_logits)
-        terms["gp"] = gradient_penalty(discriminator, real, fake)
-        total = terms["gan_d"] + config.gp_weight * terms["gp"]
+        terms = {"gan_d": wgan_discriminator_loss(real_logits, fake_logits)}
+        if penalty:
+            terms["gp"] = gradient_penalty(discriminator, real, fake)
     else:
-        terms["gan_d"] = nonsaturating_discriminator_loss(real_logits, fake_logits)
-        total = terms["gan_d"]
-        if step % config.r1_interval == 0:
-            terms["r1"] = r1_penalty(discriminator, real)
-            # Lazy regularisation: scale by the interval so the average weight stays gamma / 2.
-            total = total + config.r1_gamma / 2 * config.r1_interval * terms["r1"]
+        terms = {"gan_d": nonsaturating_discriminator_loss(real_logits, fake_logits)}
+        if r1:
+            terms["r1"] = r1_penalty(discriminator, real, real_logits)
+    return terms["gan_d"] + _weighted_penalty(config, terms, 1), terms
+
+
+def discriminator_penalty(
+    config: LossConfig, discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Lazy regularisation's own D update (StyleGAN2-ADA's ``Dreg`` phase, run when
+    ``config.regularised(step)``): the penalty weighted by ``reg_interval``, so that its
+    average weight over the steps is the every-step one.
+
+    The total also holds 0 x D's logits, which leaves it unchanged but keeps every D
+    parameter in its graph (the penalty does not depend on D's last bias): DDP expects a
+    gradient, zero or not, for each parameter (StyleGAN2-ADA adds the same zero term).
+    """
+    if config.gan == "wgan-gp":
+        x = interpolates(real, fake)
+        logits = discriminator(x)
+        terms = {"gp": gradient_penalty(discriminator, real, fake, x, logits)}
+    else:
+        x = real.detach().requires_grad_(True)
+        logits = discriminator(x)
+        terms = {"r1": r1_penalty(discriminator, x, logits)}
+    total = _weighted_penalty(config, terms, config.reg_interval) + 0 * logits.sum()
     return total, terms
+
+
+def _weighted_penalty(config: LossConfig, terms: dict, interval: int) -> torch.Tensor | float:
+    if "gp" in terms:
+        return config.gp_weight * interval * terms["gp"]
+    if "r1" in terms:
+        return config.r1_gamma / 2 * interval * terms["r1"]
+    return 0.0
 
 
 def resolve_perceptual_loss(kind: str) -> tuple[str, nn.Module | None]:

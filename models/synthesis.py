@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import EqualLinear, blur, lrelu, upsample_2x
+from .layers import EqualLinear, lrelu
+from .resample import blur, upsample_2x
 
 
 class StyleMapping(nn.Module):
@@ -39,7 +40,18 @@ class StyleMapping(nn.Module):
 class ModulatedConv2d(nn.Module):
     """Style-modulated (and demodulated) convolution, optionally upsampling 2x (StyleGAN2 Sec. 2.2).
 
-    Upsampling is a stride-2 transposed convolution followed by the FIR filter.
+    Each sample's weight is ``w' = w * s`` (styles s over input channels), demodulated by
+    ``d = rsqrt(sum w'^2 + 1e-8)`` over input channels and taps. Two equal forms (as
+    StyleGAN2-ADA's ``modulated_conv2d``):
+
+    - unfused, in training: ``conv(x * s, w) * d`` -- ONE dense convolution with the shared
+      weight for the whole batch, and d from ``s^2 @ sum_taps w^2``;
+    - fused, for one sample in evaluation: the modulated weight built and convolved directly
+      (one dense convolution too, since a batch of one needs no groups).
+
+    Upsampling is a stride-2 transposed convolution followed by the FIR filter (gain 4).
+    The styles s = ``affine(w)`` are computed by the decoder for all layers at once
+    (:meth:`SynthesisDecoder.styles`).
     """
 
     def __init__(
@@ -60,22 +72,31 @@ class ModulatedConv2d(nn.Module):
         self.upsample = upsample
         self.padding = kernel_size // 2
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        b, c_in, h, w = x.shape
-        s = self.affine(style).view(b, 1, c_in, 1, 1)
-        weight = self.scale * self.weight * s  # (B, out, in, k, k)
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """x (B, C_in, H, W), styles s (B, C_in) -> (B, C_out, H', W'), H' = 2H if upsampling."""
+        weight = self.weight[0] * self.scale  # (C_out, C_in, k, k)
+        if not self.training and x.shape[0] == 1:
+            return self._fused(x, weight, s)
+        x = self._conv(x * s[:, :, None, None], weight)
         if self.demodulate:
-            weight = weight * torch.rsqrt(weight.square().sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
-        c_out, k = weight.shape[1], weight.shape[-1]
-        # One grouped convolution over the batch (each sample has its own weights).
-        x = x.reshape(1, b * c_in, h, w)
-        if self.upsample:
-            weight = weight.transpose(1, 2).reshape(b * c_in, c_out, k, k)
-            out = F.conv_transpose2d(x, weight, stride=2, groups=b)
-            out = out.view(b, c_out, *out.shape[-2:])
-            return blur(out, pad=(1, 1), gain=4.0)
-        out = F.conv2d(x, weight.reshape(b * c_out, c_in, k, k), padding=self.padding, groups=b)
-        return out.view(b, c_out, h, w)
+            x = x * self._demodulation(weight, s)[:, :, None, None]
+        return x
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if not self.upsample:
+            return F.conv2d(x, weight, padding=self.padding)
+        return blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2), padding=1, gain=4.0)
+
+    @staticmethod
+    def _demodulation(weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """d (B, C_out): rsqrt of sum_{i, taps} (w[o, i] s[b, i])^2 + 1e-8."""
+        return torch.rsqrt(s.square() @ weight.square().sum(dim=(2, 3)).T + 1e-8)
+
+    def _fused(self, x: torch.Tensor, weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        weight = weight * s[0][None, :, None, None]
+        if self.demodulate:
+            weight = weight * torch.rsqrt(weight.square().sum(dim=(1, 2, 3), keepdim=True) + 1e-8)
+        return self._conv(x, weight)
 
 
 class NoiseInjection(nn.Module):
@@ -114,8 +135,8 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection(resolution)
         self.bias = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        return lrelu(self.noise(self.conv(x, style)) + self.bias)
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return lrelu(self.noise(self.conv(x, s)) + self.bias)
 
 
 class ToRGB(nn.Module):
@@ -126,10 +147,8 @@ class ToRGB(nn.Module):
         self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
-    def forward(
-        self, x: torch.Tensor, style: torch.Tensor, skip: torch.Tensor | None
-    ) -> torch.Tensor:
-        rgb = self.conv(x, style) + self.bias
+    def forward(self, x: torch.Tensor, s: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        rgb = self.conv(x, s) + self.bias
         return rgb if skip is None else rgb + upsample_2x(skip)
 
 
@@ -187,14 +206,30 @@ class SynthesisDecoder(nn.Module):
             self.to_rgb.append(ToRGB(out_channels, style_dim))
             channels = out_channels
 
+    def modulated_convs(self) -> list[ModulatedConv2d]:
+        """Every modulated convolution, in the order :meth:`forward` runs them."""
+        layers = [*self.input_convs, self.input_rgb]
+        for convs, to_rgb in zip(self.blocks, self.to_rgb):
+            layers += [*convs, to_rgb]
+        return [layer.conv for layer in layers]
+
+    def styles(self, style: torch.Tensor) -> list[torch.Tensor]:
+        """The styles ``affine(w)`` of every modulated convolution, (B, C_in) each, from the
+        style code w (B, style_dim): one matrix product over all the layers' affine maps
+        (they all read the same w, with the same equalized-lr scale)."""
+        affines = [conv.affine for conv in self.modulated_convs()]
+        weight = torch.cat([a.weight for a in affines]) * affines[0].scale
+        bias = torch.cat([a.bias for a in affines])  # lr_mul 1: no bias scale
+        return list(F.linear(style, weight, bias).split([a.bias.numel() for a in affines], 1))
+
     def forward(self, feature_block: torch.Tensor) -> torch.Tensor:
-        style = self.mapping(feature_block)
+        styles = iter(self.styles(self.mapping(feature_block)))
         x = feature_block
         for conv in self.input_convs:
-            x = conv(x, style)
-        image = self.input_rgb(x, style, None)
+            x = conv(x, next(styles))
+        image = self.input_rgb(x, next(styles), None)
         for convs, to_rgb in zip(self.blocks, self.to_rgb):
             for conv in convs:
-                x = conv(x, style)
-            image = to_rgb(x, style, image)
+                x = conv(x, next(styles))
+            image = to_rgb(x, next(styles), image)
         return image

@@ -399,19 +399,3 @@ def test_triton_backend_training_reduces_the_loss():
     # The interpreter is slow: a few steps, the loss of the last three below the first three.
     _, _, losses = overfit("triton", steps=12)
     assert sum(losses[-3:]) < sum(losses[:3]), losses
-
-
-def test_separable_blur_equals_the_depthwise_one_and_double_backward_has_no_group_loop():
-    from torch.profiler import profile
-
-    from models.layers import blur, blur_separable
-
-    torch.manual_seed(0)
-    x = torch.randn(2, 16, 9, 9, dtype=torch.float64, requires_grad=True)
-    torch.testing.assert_close(blur_separable(x, (2, 1)), blur(x, (2, 1)))
-    with profile() as prof:  # a gradient penalty: differentiate the gradient again
-        (grad,) = torch.autograd.grad(
-            blur_separable(x, (2, 1)).square().sum(), x, create_graph=True
-        )
-        grad.square().sum().backward()
-    assert not [e for e in prof.key_averages() if "convolution" in e.key]

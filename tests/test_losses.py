@@ -2,9 +2,17 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from models import AutoencoderOutput, Discriminator, LossConfig, discriminator_loss, generator_loss
+from models import (
+    AutoencoderOutput,
+    Discriminator,
+    LossConfig,
+    discriminator_loss,
+    discriminator_penalty,
+    generator_loss,
+)
 from models.backbones import backbone_weights_path
 from models.discriminator import minibatch_stddev
 from models.losses import (
@@ -28,7 +36,7 @@ class LinearCritic(nn.Module):
         super().__init__()
         self.w = nn.Parameter(w)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, parts: int = 1) -> torch.Tensor:
         return (x * self.w).flatten(1).sum(1)
 
 
@@ -89,7 +97,7 @@ def test_generator_loss_weights_follow_appendix_a3():
         rec, torch.zeros(2, 1, 1, 1), torch.ones(2, 1, 1, 1), torch.zeros(2, 1, 1, 1)
     )
     total, terms = generator_loss(
-        LossConfig(), images, out, constant_perceptual, torch.tensor([1.0, 3.0])
+        LossConfig(gan="wgan-gp"), images, out, constant_perceptual, torch.tensor([1.0, 3.0])
     )
     # 20 * 0.25 + 5 * 0.25 + (-2) + 1e-6 * 0.5
     assert (
@@ -98,21 +106,46 @@ def test_generator_loss_weights_follow_appendix_a3():
     assert total.item() == pytest.approx(20 * 0.25 + 5 * 0.25 - 2.0 + 1e-6 * 0.5)
     total, terms = generator_loss(LossConfig(), images, AutoencoderOutput(rec, None), None, None)
     assert set(terms) == {"l2"} and total.item() == pytest.approx(5.0)
+    # The default GAN term is the authors' non-saturating one: softplus(-logits)
+    logits = torch.tensor([1.0, 3.0])
+    _, terms = generator_loss(LossConfig(), images, out, None, logits)
+    assert terms["gan_g"].item() == pytest.approx(F.softplus(-logits).mean().item())
+    # Another model's own term (a VQ codebook loss) is added with weight 1
+    vq = AutoencoderOutput(rec, None, extra_loss=torch.tensor(0.5))
+    total, terms = generator_loss(LossConfig(), images, vq, None, None)
+    assert terms["extra"].item() == 0.5 and total.item() == pytest.approx(5.5)
 
 
 def test_discriminator_loss_variants():
     critic = LinearCritic(torch.full((1, 3, 2, 2), 0.5))
     real, fake = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
-    total, terms = discriminator_loss(LossConfig(), critic, real, fake, step=1)
+    # The text's WGAN-GP: the penalty in every D update, weight 4
+    text = LossConfig(gan="wgan-gp")
+    assert text.reg_interval == 1 and not text.lazy and text.regularised(7)
+    total, terms = discriminator_loss(text, critic, real, fake)
     assert set(terms) == {"gan_d", "gp"}
     assert total.item() == pytest.approx((terms["gan_d"] + 4 * terms["gp"]).item())
-    config = LossConfig(gan="nonsaturating-r1")
-    _, terms = discriminator_loss(config, critic, real, fake, step=3)
-    assert set(terms) == {"gan_d"}  # lazy R1 only every 16 steps
-    total, terms = discriminator_loss(config, critic, real, fake, step=32)
+    # The authors' default: lazy R1, an update of its own every 16 steps, weight gamma/2 * 16
+    config = LossConfig()
+    assert config.gan == "nonsaturating-r1" and config.reg_interval == 16 and config.lazy
+    assert [s for s in range(40) if config.regularised(s)] == [0, 16, 32]
+    total, terms = discriminator_loss(config, critic, real, fake)
+    assert set(terms) == {"gan_d"} and total.item() == pytest.approx(terms["gan_d"].item())
+    total, terms = discriminator_penalty(config, critic, real, fake)
+    assert set(terms) == {"r1"}
+    # R1 of a linear critic is |w|^2 = 3
+    assert terms["r1"].item() == pytest.approx(3.0) and total.item() == pytest.approx(32 * 3.0)
+    # Every-step R1 reuses D's pass over the real images: the same penalty, in D's update
+    every = LossConfig(reg_interval=1)
+    total, terms = discriminator_loss(every, critic, real, fake)
     assert set(terms) == {"gan_d", "r1"}
-    # R1 of a linear critic is |w|^2 = 3; lazy weight gamma / 2 * 16 = 32
-    assert total.item() == pytest.approx((terms["gan_d"] + 32 * 3.0).item(), rel=1e-5)
+    assert total.item() == pytest.approx((terms["gan_d"] + 2 * 3.0).item(), rel=1e-5)
+    # A lazy WGAN-GP: weight 4 * k in its own update
+    lazy_gp = LossConfig(gan="wgan-gp", reg_interval=4)
+    _, terms = discriminator_loss(lazy_gp, critic, real, fake)
+    assert set(terms) == {"gan_d"}
+    total, terms = discriminator_penalty(lazy_gp, critic, real, fake)
+    assert total.item() == pytest.approx(16 * terms["gp"].item())
 
 
 def test_bad_loss_config_names_the_value():
@@ -134,8 +167,24 @@ def test_discriminator_shapes_and_minibatch_stddev(size):
     y = minibatch_stddev(x)
     assert y.shape == (8, 6, 4, 4)
     torch.testing.assert_close(y[:, :5], x)
+    # Group j of a batch of 8 (groups of 4): samples j and j + 2, j + 4, j + 6
+    expected = x.reshape(4, 2, 5, 4, 4).var(dim=0, unbiased=False).add(1e-8).sqrt().mean((1, 2, 3))
+    torch.testing.assert_close(y[:, 5, 0, 0], expected.repeat(4))
     with pytest.raises(ValueError, match="power of two"):
         Discriminator(48)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 6])
+def test_discriminator_of_real_and_fake_in_one_pass_equals_two_passes(batch):
+    torch.manual_seed(0)
+    disc = Discriminator(16, channels=8, max_channels=16)
+    real, fake = torch.randn(batch, 3, 16, 16), torch.randn(batch, 3, 16, 16)
+    both = disc(torch.cat([real, fake]), parts=2)
+    torch.testing.assert_close(both, torch.cat([disc(real), disc(fake)]), rtol=1e-5, atol=1e-5)
+    # Without parts the minibatch statistics would mix real and fake images
+    assert not torch.allclose(disc(torch.cat([real, fake])), both, atol=1e-5)
+    with pytest.raises(ValueError, match="parts=2"):
+        disc(torch.randn(3, 3, 16, 16), parts=2)
 
 
 @pytest.mark.parametrize("kind", ["lpips", "vgg"])

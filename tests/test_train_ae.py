@@ -23,13 +23,16 @@ from train.core.checkpoint import (
 
 ROOT = Path(__file__).parents[1]
 SCRIPT = ROOT / "train" / "ae.py"
-# A tiny model on the built-in photos; the GAN starts at step 2 so both updates are covered.
+# A tiny model on the built-in photos; the GAN starts at step 2 so both updates are covered,
+# and its penalty runs on the even steps (lazy R1 every 2 steps): both kinds of D step.
 FAST = [
     "--preset",
     "tiny-32",
     "--batch-size",
     "4",
     "--gan-start",
+    "2",
+    "--reg-interval",
     "2",
     "--eval-images",
     "8",
@@ -201,27 +204,29 @@ def test_dry_run_prints_the_resolved_config(tmp_path):
     assert bad.returncode == 2 and "--max-steps must be >= 1, got 0" in bad.stderr
 
 
+TWO_PROCESSES = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
+
+
 def test_two_processes_on_cpu(tmp_path):
     # accelerate's multi-process launcher; without CUDA the script runs gloo DDP on the CPU.
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-    ]
     # Warm-up over 8 optimizer steps: the lr of every step equals the one-process run's (a
     # prepared scheduler would step once per process and end the warm-up at step 4).
     args = ["--max-steps", "3", "--save-every", "3", "--eval-every", "3", "--log-every", "1"]
     args += ["--warmup-steps", "8"]
-    run(tmp_path / "two", *args, launcher=launcher)
+    run(tmp_path / "two", *args, launcher=TWO_PROCESSES)
     run(tmp_path / "one", *args)
     ckpt = latest_checkpoint(tmp_path / "two")
     assert {p.name for p in ckpt.glob("rng_rank*.pt")} == {"rng_rank0.pt", "rng_rank1.pt"}
@@ -229,6 +234,33 @@ def test_two_processes_on_cpu(tmp_path):
     assert state["step"] == 3 and state["scheduler"]["last_epoch"] == 3
     lrs = logged_lr(tmp_path / "two")
     assert lrs == logged_lr(tmp_path / "one") == pytest.approx([5e-4 * k / 8 for k in (2, 3, 4)])
+
+
+def test_two_processes_with_the_gan_penalty_resume_exactly(tmp_path):
+    # DDP and the penalty's double backward: the GAN from step 2, R1 on steps 2 and 4 (its
+    # own D update), both processes' D gradients all-reduced; a run stopped after 3 steps
+    # and resumed ends with the weights of one that was not.
+    args = ["--save-every", "1", "--eval-every", "100", "--log-every", "1"]
+    run(tmp_path / "straight", "--max-steps", "5", *args, launcher=TWO_PROCESSES)
+    run(tmp_path / "resumed", "--max-steps", "3", *args, launcher=TWO_PROCESSES)
+    resumed = run(tmp_path / "resumed", "--max-steps", "5", *args, launcher=TWO_PROCESSES)
+    assert "resumed from" in resumed.stderr and "at step 3" in resumed.stderr
+    assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed"))
+    logged = logged_scalars(tmp_path / "straight")  # step s is logged as s + 1
+    assert sorted(logged["train/r1"]) == [3, 5] and sorted(logged["train/gan_d"]) == [3, 4, 5]
+
+
+def logged_scalars(run_dir: Path) -> dict[str, list[int]]:
+    """The steps at which each ``train/*`` scalar of a run's TensorBoard log was written."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = {}
+    for events in run_dir.rglob("events.out.tfevents.*"):
+        log = EventAccumulator(str(events))
+        log.Reload()
+        for tag in log.Tags()["scalars"]:
+            steps.setdefault(tag, []).extend(event.step for event in log.Scalars(tag))
+    return steps
 
 
 def logged_lr(run_dir: Path) -> list[float]:

@@ -31,10 +31,11 @@ from models import (
     LossConfig,
     build_optimizers,
     discriminator_loss,
+    discriminator_penalty,
     generator_loss,
     get_preset,
 )
-from models.losses import resolve_perceptual_loss
+from models.losses import GAN_LOSSES, resolve_perceptual_loss
 from models.recipes import ae_recipe
 from train.core.data import build_dataset
 from train.core.evaluation import evaluate_autoencoder, save_reconstruction_grid, write_metrics
@@ -63,9 +64,16 @@ class AEOptions(RunOptions):
         " = 0.99917 at batch 12), with the (1 + n) / (10 + n) warm-up",
     )
     gan: str = option(
-        "wgan-gp",
-        "adversarial loss: the paper's or the authors' code's",
-        ("wgan-gp", "nonsaturating-r1"),
+        "nonsaturating-r1",
+        "adversarial loss: the authors' code's (non-saturating logistic + R1) or the paper "
+        "text's (WGAN + gradient penalty)",
+        GAN_LOSSES,
+    )
+    reg_interval: int | None = option(
+        None,
+        "lazy regularisation: the GAN penalty as a D update of its own every this many steps, "
+        "weighted by it (default: 16 for nonsaturating-r1, as the authors; 1 for wgan-gp, the "
+        "text's every step, in the same update)",
     )
     perceptual: str = option(
         "auto",
@@ -83,7 +91,8 @@ class AEOptions(RunOptions):
     eval_every: int = option(200, "evaluate and write an image grid every this many steps")
     eval_images: int = option(0, "held-out images per periodic evaluation (0: all)")
 
-    POSITIVE = (*RunOptions.POSITIVE, "eval_every")
+    POSITIVE = (*RunOptions.POSITIVE, "eval_every", "reg_interval")
+    RESUME_FIXED = ("gan",)  # a checkpoint resumes only with the loss it was trained with
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -126,13 +135,20 @@ class AutoencoderStage(Stage):
         self.hflip = options.hflip
         kind, perceptual = resolve_perceptual_loss(options.perceptual)
         self.perceptual = perceptual.to(acc.device) if perceptual is not None else None
-        self.losses = LossConfig(perceptual=kind, gan=options.gan)
+        gan, interval = options.gan, options.reg_interval
+        self.losses = LossConfig(perceptual=kind, gan=gan, reg_interval=interval)
         set_seed(options.seed)  # identical initialisation on every process
         autoencoder = BRICSAutoencoder(config, grid_backend=options.grid_backend)
         disc = Discriminator(config.image_size, config.disc_channels, config.disc_max_channels)
         self.ema = EMA(autoencoder, options.ema_decay)
-        lazy_r1 = self.losses.r1_interval if options.gan == "nonsaturating-r1" else None
-        ae_opt, disc_opt = build_optimizers(autoencoder, disc, options.lr, lazy_r1)
+        if options.channels_last:
+            for module in (autoencoder, disc, self.perceptual):
+                if module is not None:
+                    module.to(memory_format=torch.channels_last)
+        if options.compile:  # after the EMA copy; in place, so the state dict keeps its names
+            autoencoder.compile()
+        lazy = self.losses.reg_interval if self.losses.lazy else None
+        ae_opt, disc_opt = build_optimizers(autoencoder, disc, options.lr, lazy)
         # Not prepared: the lifecycle steps it once per optimizer step (loop.run_steps).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(ae_opt, lr_factor(options.warmup_steps))
         prepared = acc.prepare(autoencoder, disc, ae_opt, disc_opt)
@@ -155,31 +171,38 @@ class AutoencoderStage(Stage):
         }
 
     def train_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Autoencoder update, then (once the GAN has started) discriminator update."""
-        acc, gan_active = self.accelerator, self.step >= self.options.gan_start
+        """The autoencoder update, then (once the GAN has started) D's update and, on the
+        regularised steps of lazy regularisation, D's penalty update (StyleGAN2-ADA's
+        ``Gmain``, ``Dmain`` and ``Dreg`` phases). Mixed precision covers the whole step;
+        the grid lookup stays float32."""
+        acc, losses, step = self.accelerator, self.losses, self.step
+        gan_active = step >= self.options.gan_start
+        if self.options.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         raw_disc = acc.unwrap_model(self.disc)
-        with acc.accumulate(self.autoencoder, self.disc):
+        with acc.accumulate(self.autoencoder, self.disc), acc.autocast():
             out = self.autoencoder(images)
             raw_disc.requires_grad_(False)  # the generator's loss must not touch D's gradients
             fake_logits = raw_disc(out.reconstruction) if gan_active else None
             raw_disc.requires_grad_(True)
-            with acc.autocast():
-                g_loss, terms = generator_loss(
-                    self.losses, images, out, self.perceptual, fake_logits
-                )
-            acc.backward(g_loss)
-            self.ae_opt.step()
-            self.ae_opt.zero_grad(set_to_none=True)
+            g_loss, terms = generator_loss(losses, images, out, self.perceptual, fake_logits)
+            self._update(self.ae_opt, g_loss)
             if gan_active:
-                d_loss, d_terms = discriminator_loss(
-                    self.losses, self.disc, images, out.reconstruction, self.step
-                )
-                acc.backward(d_loss)
-                self.disc_opt.step()
-                self.disc_opt.zero_grad(set_to_none=True)
+                fake = out.reconstruction.detach()
+                d_loss, d_terms = discriminator_loss(losses, self.disc, images, fake)
+                self._update(self.disc_opt, d_loss)
                 terms.update(d_terms)
+                if losses.lazy and losses.regularised(step):
+                    reg_loss, reg_terms = discriminator_penalty(losses, self.disc, images, fake)
+                    self._update(self.disc_opt, reg_loss)
+                    terms.update(reg_terms)
         terms["loss"] = g_loss
         return {k: v.detach() for k, v in terms.items()}
+
+    def _update(self, optimizer, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def evaluate(self) -> None:
         """Held-out metrics of the EMA weights and an image grid (main process) every

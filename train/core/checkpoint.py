@@ -215,3 +215,18 @@ def check_saved_batch(path: Path, batch_size: int) -> None:
             f"--batch-size now counts images per optimizer step: resume with --batch-size "
             f"{per_step} (got {batch_size})"
         )
+
+
+def check_saved_options(path: Path, options, names: tuple[str, ...]) -> None:
+    """Raise when checkpoint ``path`` was trained with other values of the options ``names``
+    (say, a run begun when another GAN loss was the default), naming the saved value."""
+    saved = json.loads((Path(path) / "options.json").read_text())
+    for name in names:
+        value = saved.get(name)
+        if name in saved and value != getattr(options, name):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"checkpoint {path} was trained with {flag} {value} (this run asks for "
+                f"{getattr(options, name)}): resume with {flag} {value}, or start a new run "
+                "in another --output-dir"
+            )

@@ -48,12 +48,12 @@ class EMA:
 
     @torch.no_grad()
     def update(self) -> None:
+        """One update: a foreach lerp over all parameters, a foreach copy of the buffers."""
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for ema, current in zip(self.model.parameters(), self.source.parameters()):
-            ema.lerp_(current.detach(), 1 - decay)
-        for ema, current in zip(self.model.buffers(), self.source.buffers()):
-            ema.copy_(current)
+        ema, current = list(self.model.parameters()), list(self.source.parameters())
+        torch._foreach_lerp_(ema, [p.detach() for p in current], 1 - decay)
+        torch._foreach_copy_(list(self.model.buffers()), list(self.source.buffers()))
 
 
 class Stage(ABC):
@@ -118,7 +118,8 @@ def make_accelerator(options: RunOptions) -> Accelerator:
     Without CUDA every process runs on the CPU (several processes: gloo DDP) with
     ``cpu_threads`` torch threads (0: logical cores / processes, since ``accelerate launch``
     counts physical cores only), and keeps the memory each step frees for the next
-    (:func:`train.core.cpu_memory.keep_freed_memory`).
+    (:func:`train.core.cpu_memory.keep_freed_memory`). On CUDA, cuDNN autotunes every
+    convolution shape once and TF32 is on unless ``--allow-tf32 false``.
     """
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
@@ -133,7 +134,21 @@ def make_accelerator(options: RunOptions) -> Accelerator:
         cores = os.cpu_count() or 1
         torch.set_num_threads(options.cpu_threads or max(1, cores // accelerator.num_processes))
         keep_freed_memory()
+    elif accelerator.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: autotune each convolution once
+        torch.backends.cuda.matmul.allow_tf32 = options.allow_tf32
+        torch.backends.cudnn.allow_tf32 = options.allow_tf32
     return accelerator
+
+
+def data_workers(options: RunOptions, accelerator: Accelerator) -> int:
+    """``--num-workers``, by default 0 on the CPU (the cores train) and 4 per process on CUDA
+    (at most the cores per process)."""
+    if options.num_workers is not None:
+        return options.num_workers
+    if accelerator.device.type != "cuda":
+        return 0
+    return min(4, max(1, (os.cpu_count() or 1) // accelerator.num_processes))
 
 
 def launch(stage_class: type[Stage], options: RunOptions, dry_run: bool, resolved: dict) -> int:
@@ -183,10 +198,13 @@ def run_steps(stage: Stage) -> None:
         options.grad_accum,
         stage.hflip,
     )
+    workers = data_workers(options, acc)
     loader = DataLoader(
         stage.dataset,
         batch_sampler=sampler,
-        num_workers=options.num_workers,
+        num_workers=workers,
+        pin_memory=acc.device.type == "cuda",
+        persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(options.seed),
     )
     stop = StopFlag()
@@ -254,6 +272,7 @@ def restore(stage: Stage) -> Path | None:
     for name, config in stage.configs().items():
         checkpoint.check_saved_config(path, name, config)
     checkpoint.check_saved_batch(path, options.batch_size)
+    checkpoint.check_saved_options(path, options, options.RESUME_FIXED)
     networks = stage.networks()
     # Stage-1 checkpoints written before it kept EMA weights: the EMA starts from the weights.
     has_ema = stage.ema is not None and checkpoint.has_network(path, "ema")

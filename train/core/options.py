@@ -57,11 +57,20 @@ class RunOptions:
     save_every: int = option(100, "checkpoint every this many steps")
     keep_last: int = option(3, "checkpoints to keep")
     log_every: int = option(10, "log losses every this many steps")
-    num_workers: int = option(0, "data-loader worker processes")
+    num_workers: int | None = option(
+        None, "data-loader worker processes (default: 0 on the CPU, 4 per process on CUDA)"
+    )
+    allow_tf32: bool = option(True, "TF32 matrix products and convolutions on CUDA")
+    compile: bool = option(
+        False, "torch.compile the generator side (the discriminator stays eager)"
+    )
+    channels_last: bool = option(False, "keep images and feature maps in channels-last layout")
     cpu_threads: int = option(
         0, "torch threads per process when training on the CPU (0: logical cores / processes)"
     )
 
+    # Options a checkpoint must be resumed with (restore names the saved value otherwise).
+    RESUME_FIXED: ClassVar[tuple[str, ...]] = ()
     POSITIVE: ClassVar[tuple[str, ...]] = (
         "max_steps",
         "batch_size",
@@ -76,6 +85,8 @@ class RunOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{_flag(name)} must be >= 1, got {value}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"--lr must be positive, got {self.lr}")
 

@@ -1,0 +1,114 @@
+"""Counting what a block of PyTorch code dispatches: aten ops, convolutions, grouped ones, FLOPs.
+
+A CPU run dispatches the same aten ops as a GPU run of the same code, so these counts say
+what a GPU would launch without one (views and other metadata ops included: they launch
+no kernel, and ``kernel_ops`` leaves them out).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+# Ops that only make views or change metadata: no kernel, no memory traffic.
+METADATA_OPS = frozenset(
+    [
+        "view",
+        "_unsafe_view",
+        "reshape",
+        "alias",
+        "detach",
+        "t",
+        "transpose",
+        "permute",
+        "expand",
+        "squeeze",
+        "unsqueeze",
+        "select",
+        "slice",
+        "split",
+        "split_with_sizes",
+        "unbind",
+        "chunk",
+        "narrow",
+        "as_strided",
+        "diagonal",
+        "lift_fresh",
+        "_reshape_alias",
+    ]
+)
+# Ops whose result the host must wait for on a GPU (a value read back, or an output whose
+# size depends on values): none may run inside a training step.
+HOST_SYNC_OPS = frozenset(
+    [
+        "_local_scalar_dense",
+        "item",
+        "is_nonzero",
+        "nonzero",
+        "masked_select",
+        "unique",
+        "_unique2",
+        "unique_consecutive",
+        "bincount",
+        "repeat_interleave",
+    ]
+)
+
+
+class OpCounter:
+    """Counts the aten ops a block dispatches (forward, backward and double backward), its
+    convolutions and the grouped ones among them (``groups > 1``), FLOPs, and host syncs::
+
+        with OpCounter() as counter:
+            step()
+        counter.summary()
+    """
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                counter.record(func, args, kwargs or {}, out)
+                return out
+
+        self.mode, self.ops, self.convolutions, self.grouped = Mode(), Counter(), Counter(), 0
+        self.flops = 0
+
+    def __enter__(self) -> OpCounter:
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.mode.__exit__(*exc)
+
+    def record(self, func, args, kwargs, out) -> None:
+        from torch.utils.flop_counter import flop_registry
+
+        name = func.overloadpacket.__name__
+        self.ops[name] += 1
+        if func.overloadpacket in flop_registry:  # FlopCounterMode's formulas, without its
+            # module hooks (they break torch.autograd.grad)
+            self.flops += flop_registry[func.overloadpacket](*args, **kwargs, out_val=out)
+        if "convolution" not in name or name.startswith("_convolution_double"):
+            return
+        self.convolutions[name] += 1
+        names = [a.name for a in func._schema.arguments]
+        if "groups" in names:
+            index = names.index("groups")
+            groups = args[index] if index < len(args) else kwargs.get("groups", 1)
+            self.grouped += int(groups) > 1
+
+    def summary(self) -> dict:
+        return {
+            "aten_ops": sum(self.ops.values()),
+            "kernel_ops": sum(n for op, n in self.ops.items() if op not in METADATA_OPS),
+            "tflop": self.flops / 1e12,
+            "convolutions": sum(self.convolutions.values()),
+            "grouped_convolutions": self.grouped,
+            "host_syncs": {op: n for op, n in self.ops.items() if op in HOST_SYNC_OPS},
+            "top_ops": dict(self.ops.most_common(12)),
+            "convolution_ops": dict(self.convolutions),
+        }

@@ -1,0 +1,139 @@
+"""StyleGAN2 layers in training form: one-pass FIR resampling differentiable to any order, the
+unfused modulated convolution, no grouped convolution anywhere (models/resample.py,
+models/synthesis.py, models/layers.py)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.op_counter import OpCounter
+from models.discriminator import Discriminator
+from models.layers import EqualConv2d
+from models.resample import FORMS, blur, downsample_2x, fir_form, fir_kernel, upsample_2x
+from models.synthesis import ModulatedConv2d, SynthesisDecoder
+
+
+def depthwise_blur(x: torch.Tensor, pad: tuple[int, int], gain: float = 1.0) -> torch.Tensor:
+    """StyleGAN2's filter as a depthwise convolution, with padding (before, after)."""
+    kernel = fir_kernel(gain, dtype=x.dtype).expand(x.shape[1], 1, 4, 4)
+    return F.conv2d(F.pad(x, (pad[0], pad[1], pad[0], pad[1])), kernel, groups=x.shape[1])
+
+
+def zero_insert(x: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    up = x.new_zeros(b, c, h, 2, w, 2)
+    up[:, :, :, 0, :, 0] = x
+    return up.reshape(b, c, 2 * h, 2 * w)
+
+
+@pytest.fixture(params=FORMS)
+def form(request):
+    with fir_form(request.param):
+        yield request.param
+
+
+@pytest.mark.parametrize("size", [(8, 8), (9, 6), (1, 1), (2, 5)])
+def test_fir_passes_equal_the_depthwise_filter(size, form):
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, *size, dtype=torch.float64)
+    for padding in (1, 2):
+        if min(size) + 2 * padding >= 4:
+            torch.testing.assert_close(blur(x, padding), depthwise_blur(x, (padding, padding)))
+    torch.testing.assert_close(blur(x, 2, gain=4.0), depthwise_blur(x, (2, 2), 4.0))
+    up = upsample_2x(x)
+    assert up.shape == (2, 5, 2 * size[0], 2 * size[1])
+    torch.testing.assert_close(up, depthwise_blur(zero_insert(x), (2, 1), 4.0))
+    if min(size) >= 2:
+        even = x[..., : size[0] // 2 * 2, : size[1] // 2 * 2]
+        torch.testing.assert_close(downsample_2x(even), depthwise_blur(even, (1, 1))[..., ::2, ::2])
+
+
+@pytest.mark.parametrize("op", ["blur", "up", "down", "down-odd"])
+def test_fir_is_differentiable_to_any_order_with_one_pass_per_derivative(op, form):
+    fn = {
+        "blur": lambda t: blur(t, 2),
+        "up": upsample_2x,
+        "down": downsample_2x,
+        "down-odd": downsample_2x,
+    }[op]
+    size = 7 if op == "down-odd" else 6
+    x = torch.randn(1, 3, size, size, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+    # A gradient penalty through the filter: forward, backward, double backward
+    with OpCounter() as counter:
+        (grad,) = torch.autograd.grad(fn(x).square().sum(), x, create_graph=True)
+        grad.square().sum().backward()
+    counts = counter.summary()
+    # forward 1, backward 1, double backward 2 (of the backward, of the forward once more)
+    assert counts["convolutions"] == 4, counts["convolution_ops"]
+    grouped = {"folded": 0, "depthwise": 4}[form]  # folded: the CUDA form
+    assert counts["grouped_convolutions"] == grouped
+
+
+def grouped_modulated_conv(conv: ModulatedConv2d, x: torch.Tensor, s: torch.Tensor):
+    """StyleGAN2's fused form: each sample's modulated weight in one grouped convolution."""
+    b, c_in, h, w = x.shape
+    weight = conv.scale * conv.weight * s.view(b, 1, c_in, 1, 1)  # (B, out, in, k, k)
+    if conv.demodulate:
+        weight = weight * torch.rsqrt(weight.square().sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
+    c_out, k = weight.shape[1], weight.shape[-1]
+    x = x.reshape(1, b * c_in, h, w)
+    if conv.upsample:
+        weight = weight.transpose(1, 2).reshape(b * c_in, c_out, k, k)
+        out = F.conv_transpose2d(x, weight, stride=2, groups=b)
+        out = out.view(b, c_out, *out.shape[-2:])
+        return depthwise_blur(out, (1, 1), gain=4.0)
+    out = F.conv2d(x, weight.reshape(b * c_out, c_in, k, k), padding=conv.padding, groups=b)
+    return out.view(b, c_out, h, w)
+
+
+@pytest.mark.parametrize(
+    "kernel, demodulate, upsample", [(3, True, False), (3, True, True), (1, False, False)]
+)
+def test_unfused_and_fused_modulated_convs_equal_the_grouped_form(kernel, demodulate, upsample):
+    torch.manual_seed(0)
+    conv = ModulatedConv2d(6, 5, kernel, 8, demodulate=demodulate, upsample=upsample).double()
+    x = torch.randn(3, 6, 7, 7, dtype=torch.float64)
+    s = conv.affine(torch.randn(3, 8, dtype=torch.float64))
+    expected = grouped_modulated_conv(conv, x, s)
+    # training: unfused, one dense convolution for the batch (FIR in the CUDA form)
+    with fir_form("folded"), OpCounter() as counter:
+        unfused = conv.train()(x, s)
+    torch.testing.assert_close(unfused, expected)
+    assert counter.summary()["grouped_convolutions"] == 0
+    fused = conv.eval()(x[:1], s[:1])  # one sample in evaluation: the fused weight
+    torch.testing.assert_close(fused, expected[:1])
+
+
+def test_the_decoders_styles_come_from_one_product_of_the_layers_affines():
+    torch.manual_seed(0)
+    decoder = SynthesisDecoder(32, 8, 32, mapping_layers=1, extra_conv=True)
+    w = torch.randn(2, 32)
+    convs = decoder.modulated_convs()
+    assert len(convs) == 3 + 4 * 2  # input block 2 + rgb, then 3 convs + rgb per upsampling
+    for conv, s in zip(convs, decoder.styles(w), strict=True):
+        torch.testing.assert_close(s, conv.affine(w))
+
+
+def test_downsampling_convs_equal_filtering_then_the_strided_conv():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    for k in (3, 1):
+        conv = EqualConv2d(4, 6, k, downsample=True, bias=False).double()
+        # StyleGAN2's layout: filter at full resolution with padding (k + 1) / 2 per side,
+        # then the stride-2 convolution
+        p = (k + 1) // 2
+        expected = F.conv2d(depthwise_blur(x, (p, p)), conv.weight * conv.scale, stride=2)
+        torch.testing.assert_close(conv(x), expected)
+
+
+def test_discriminator_penalty_has_no_grouped_convolution():
+    torch.manual_seed(0)
+    disc = Discriminator(16, channels=8, max_channels=16)
+    real = torch.randn(2, 3, 16, 16, requires_grad=True)
+    with fir_form("folded"), OpCounter() as counter:  # the CUDA form
+        (grad,) = torch.autograd.grad(disc(real).sum(), real, create_graph=True)
+        grad.square().sum().backward()
+    counts = counter.summary()
+    assert counts["convolutions"] > 0 and counts["grouped_convolutions"] == 0
