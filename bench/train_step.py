@@ -77,7 +77,7 @@ def build_stage(spec: dict, out_dir: Path):
 
         model = VQF4().to(device)
         stage.autoencoder = stage.accelerator.prepare(model)
-        stage.ae_opt = stage.accelerator.prepare(build_optimizers(model, None, options.lr)[0])
+        stage.ae_opt = stage.accelerator.prepare(build_optimizers(model, None, stage.options.lr)[0])
     return stage
 
 

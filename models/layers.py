@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .convolution import conv2d
 from .resample import blur, downsample_2x
 
 LRELU_GAIN = math.sqrt(2.0)
@@ -49,6 +50,8 @@ class EqualLinear(nn.Module):
 
 class EqualConv2d(nn.Module):
     """Convolution with equalized learning rate; optional FIR-filtered 2x downsampling.
+    Differentiable to any order with one kernel call per derivative
+    (:func:`models.convolution.conv2d`): D's gradient penalty differentiates it twice.
 
     Downsampling as StyleGAN2-ADA's training form: a k x k conv (k > 1) filters at full
     resolution and convolves with stride 2; a 1 x 1 conv downsamples first (filter and
@@ -79,5 +82,5 @@ class EqualConv2d(nn.Module):
         elif self.downsample:
             # Padding so that the stride-2 conv below halves the size exactly (k odd).
             x, stride = blur(x, padding=(k + 1) // 2), 2
-        out = F.conv2d(x, self.weight * self.scale, self.bias, stride=stride, padding=self.padding)
+        out = conv2d(x, self.weight * self.scale, self.bias, stride, self.padding)
         return lrelu(out) if self.activation else out

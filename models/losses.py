@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import ALEXNET_URL, VGG16_URL, imagenet_normalize, require_backbone_weights
+from .convolution import no_weight_gradients
 
 PERCEPTUAL = ("lpips", "vgg", "none")
 GAN_LOSSES = ("wgan-gp", "nonsaturating-r1")
@@ -160,7 +161,8 @@ def gradient_penalty(
     if mixed is None:
         mixed = interpolates(real, fake)
         mixed_logits = critic(mixed)
-    (grad,) = torch.autograd.grad(mixed_logits.sum(), mixed, create_graph=True)
+    with no_weight_gradients():  # the input gradient alone
+        (grad,) = torch.autograd.grad(mixed_logits.sum(), mixed, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
 
 
@@ -188,7 +190,8 @@ def r1_penalty(
     if real_logits is None:
         real = real.detach().requires_grad_(True)
         real_logits = discriminator(real)
-    (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
+    with no_weight_gradients():  # the input gradient alone
+        (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
     return grad.square().flatten(1).sum(dim=1).mean()
 
 

@@ -307,6 +307,17 @@ def test_resuming_with_another_model_names_the_field(tmp_path):
     assert result.returncode != 0 and "log2_table_size: 10 != 12" in result.stderr
 
 
+def test_resuming_with_another_gan_loss_names_the_saved_one(tmp_path):
+    # Runs begun when WGAN-GP was the default resume only with it, and say so.
+    run(tmp_path, "--max-steps", "1", "--eval-every", "100", "--gan", "wgan-gp")
+    result = run(tmp_path, "--max-steps", "2", check=False)
+    assert result.returncode != 0
+    assert "trained with --gan wgan-gp" in result.stderr and "resume with --gan wgan-gp" in (
+        result.stderr
+    )
+    run(tmp_path, "--max-steps", "2", "--gan", "wgan-gp")
+
+
 def test_checkpoint_from_before_the_global_batch_resumes_or_names_the_change(tmp_path):
     # Checkpoints without "run_format" counted --batch-size per process and micro-step.
     run(tmp_path, "--max-steps", "2", "--eval-every", "100", "--save-every", "2")
