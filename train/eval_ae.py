@@ -21,9 +21,10 @@ from models import BRICSAutoencoder
 from train.core.checkpoint import find_autoencoder
 from train.core.data import build_dataset
 from train.core.evaluation import evaluate_autoencoder, save_reconstruction_grid
-from train.core.options import add_device_arguments
+from train.core.options import add_device_arguments, exits_on_user_error
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(

@@ -30,7 +30,7 @@ from train.core import gen_metrics
 from train.core.data import IMAGE_EXTENSIONS, build_dataset
 from train.core.evaluation import save_image_grid
 from train.core.metrics import to_uint8
-from train.core.options import add_device_arguments
+from train.core.options import add_device_arguments, exits_on_user_error
 
 METRICS = ("fid", "clip-fid", "is", "precision-recall", "neighbours", "swd")
 OFFLINE = ("swd",)  # metrics that need no pretrained network
@@ -145,6 +145,7 @@ def compute(
     return results
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=Path, required=True, help="folder of generated images")

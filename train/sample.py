@@ -31,7 +31,7 @@ from models.unet import UNet
 from train.core.checkpoint import find_autoencoder, latest_checkpoint
 from train.core.evaluation import save_image_grid
 from train.core.metrics import to_unit
-from train.core.options import add_device_arguments, parse_bool
+from train.core.options import add_device_arguments, exits_on_user_error, parse_bool
 
 
 def find_diffusion_checkpoint(path: Path) -> Path:
@@ -43,6 +43,7 @@ def find_diffusion_checkpoint(path: Path) -> Path:
     return latest
 
 
+@exits_on_user_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(

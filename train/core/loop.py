@@ -31,7 +31,7 @@ from tqdm import tqdm
 from train.core import checkpoint
 from train.core.cpu_memory import keep_freed_memory
 from train.core.data import StepBatchSampler
-from train.core.options import RunOptions, to_dict
+from train.core.options import RunOptions, to_dict, user_errors
 
 # Fault injection for the resume tests: SIGKILL the training process right after this step.
 KILL_AT_STEP = "BRICS_FAULT_KILL_AT_STEP"
@@ -157,7 +157,9 @@ def launch(stage_class: type[Stage], options: RunOptions, dry_run: bool, resolve
         print(json.dumps({"options": to_dict(options), **resolved}, indent=2))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    train(stage_class(options))
+    with user_errors():  # data, options and checkpoints: one line and exit code 2
+        stage = stage_class(options)
+    train(stage)
     return 0
 
 
@@ -169,7 +171,9 @@ def train(stage: Stage) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "options.json").write_text(json.dumps(stage.saved_options(), indent=2))
         print(f"run folder: {run_dir}", flush=True)
-    restored = restore(stage)
+    with user_errors():
+        options.micro_batch(acc.num_processes)  # the batch splits over processes and micro-steps
+        restored = restore(stage)
     acc.init_trackers(stage.name, config={k: str(v) for k, v in to_dict(options).items()})
     if restored is None:
         set_seed(options.seed + acc.process_index)  # per-process noise streams

@@ -9,8 +9,11 @@ command-line flags (``--max-steps``), so every flag documents itself.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import json
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -211,3 +214,31 @@ def add_device_arguments(parser: argparse.ArgumentParser, grid_backend: bool = T
             choices=GRID_BACKENDS,
             help="feature-grid backend (auto: triton on CUDA, cpu on the CPU)",
         )
+
+
+# What an error in the user's input raises: a path that is not there or not what it should
+# be, a value out of range, data that cannot be read.
+USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Inside the block, an error in the user's input (an option, a path, the data) ends
+    the program with one line on stderr, ``<script>: error: <message>``, and exit code 2,
+    as argparse's usage errors, instead of a traceback."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def exits_on_user_error(main):
+    """An entry point's ``main`` run inside :func:`user_errors`."""
+
+    @functools.wraps(main)
+    def wrapped(*args, **kwargs):
+        with user_errors():
+            return main(*args, **kwargs)
+
+    return wrapped
