@@ -64,11 +64,14 @@ def record_launches(
     params = torch.empty(c.n_groups, c.n_entries, c.n_features, device="meta", dtype=table_dtype)
     table = level_table(c, "meta")
     smooth = c.interpolation == "smoothstep"
+    geometry = (c.convention != "gridcodes", c.index_reduction)
     with mock.patch.object(ops, "_run", record):
-        y = ops.forward(x, params, table, smooth)
+        y = ops.forward(x, params, table, smooth, *geometry)
         dy = torch.empty_like(y)
         coarse = ops.coarse_rows(c.level_sizes)
-        ops.backward(dy, x, params, table, smooth, need_dx, need_dparams, deterministic, coarse)
+        ops.backward(
+            dy, x, params, table, smooth, need_dx, need_dparams, deterministic, coarse, *geometry
+        )
     return launches
 
 

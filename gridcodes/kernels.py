@@ -17,10 +17,12 @@ import triton.language as tl
 from . import levels
 
 # Columns of a level-table row (gridcodes.levels.level_table).
-_RESOLUTION = tl.constexpr(levels.META_RESOLUTION)
 _OFFSET = tl.constexpr(levels.META_OFFSET)
 _USE_HASH = tl.constexpr(levels.META_USE_HASH)
 _MASK = tl.constexpr(levels.META_MASK)
+_SIZE = tl.constexpr(levels.META_SIZE)
+_SCALE = tl.constexpr(levels.META_SCALE)
+_SHIFT = tl.constexpr(levels.META_SHIFT)
 _STRIDES = tl.constexpr(levels.META_STRIDES)
 
 
@@ -44,35 +46,53 @@ def _sanitize(xs):
 
 
 @triton.jit
-def _level(meta_ptr, level, D: tl.constexpr):
-    """Geometry of one level: resolution r, first row, use_hash, index mask, D-tuple of strides."""
+def _level(meta_ptr, level, D: tl.constexpr, COMPUTE: tl.constexpr):
+    """Geometry of one level: position scale and shift (COMPUTE), first row, use_hash, index
+    mask, size, D-tuple of strides (gridcodes.levels.level_table)."""
     row = meta_ptr + level * (_STRIDES + D)
     strides = ()
     for k in tl.static_range(D):
         strides = strides + (tl.load(row + _STRIDES + k).to(tl.uint32),)
-    r = tl.load(row + _RESOLUTION)
+    scale = tl.load(row + _SCALE).to(tl.float64, bitcast=True).to(COMPUTE)
+    shift = tl.load(row + _SHIFT).to(tl.float64, bitcast=True).to(COMPUTE)
     offset = tl.load(row + _OFFSET).to(tl.int32)
     use_hash = tl.load(row + _USE_HASH) != 0
     mask = tl.load(row + _MASK).to(tl.uint32)
-    return r, offset, use_hash, mask, strides
+    size = tl.load(row + _SIZE).to(tl.uint32)
+    return scale, shift, offset, use_hash, mask, size, strides
 
 
 @triton.jit
-def _fractions(xs, r, SMOOTH: tl.constexpr):
+def _position(x, scale, shift, FUSED: tl.constexpr):
+    """Cell origin (float) and fraction of one coordinate (SPEC §1.2 step 2).
+
+    gridcodes (align-corners): ``p = x scale`` with scale = r - 1, origin clamped to r - 2.
+    FUSED (tcnn, torch-ngp; docs/tcnn.md): ``p = x scale + shift`` rounded once, as a fused
+    multiply-add: in float64 (exact for float32 operands) and rounded to the compute
+    dtype, so the interpreter and every GPU agree bit for bit; the origin is not clamped.
+    """
+    if FUSED:
+        p = (x.to(tl.float64) * scale.to(tl.float64) + shift.to(tl.float64)).to(x.dtype)
+        i = tl.floor(p)
+    else:
+        p = x * scale
+        i = tl.minimum(tl.floor(p), scale - 1.0)
+    return i, p - i
+
+
+@triton.jit
+def _fractions(xs, scale, shift, SMOOTH: tl.constexpr, FUSED: tl.constexpr):
     """SPEC §1.2 steps 2 and 4 for every dimension of sanitized coordinates ``xs``.
 
     Returns D-tuples: cell origin ``i`` (int32), weight factor ``s`` of the upper corner,
     its complement ``1 - s`` and ``ds/df``.
     """
-    r_minus_1 = (r - 1).to(xs[0].dtype)
     origin = ()
     upper = ()
     lower = ()
     slope = ()
     for k in tl.static_range(len(xs)):
-        p = xs[k] * r_minus_1
-        i = tl.minimum(tl.floor(p), r_minus_1 - 1.0)
-        f = p - i
+        i, f = _position(xs[k], scale, shift, FUSED)
         if SMOOTH:
             s = f * f * (3.0 - 2.0 * f)
             ds_df = 6.0 * f * (1.0 - f)
@@ -99,12 +119,25 @@ def _index_terms(origin, strides):
 
 
 @triton.jit
-def _corner(c: tl.constexpr, upper, lower, lo_term, hi_term, offset, use_hash, mask):
+def _corner(
+    c: tl.constexpr,
+    upper,
+    lower,
+    lo_term,
+    hi_term,
+    offset,
+    use_hash,
+    mask,
+    size,
+    REDUCE: tl.constexpr,
+):
     """Corner ``c`` (bit k = upper along dimension k): factors (D-tuple), weight, table row.
 
     SPEC §1.2 step 3: ``index = combine_k(c_k * stride_k) & mask`` in wrapping uint32,
-    combine = XOR (hash) or + (dense / tiled); gridcodes.levels.level_table says why
-    this is exact for every grid type. Step 4: the weight is the product of factors.
+    combine = XOR (hash) or + (dense / tiled), then brought below ``size`` as REDUCE says
+    (0: nothing left to do; 1: subtract size once; 2: modulo size; gridcodes.levels says
+    why this is exact for every grid type and convention). Step 4: the weight is the
+    product of factors.
     """
     factors = ()
     for k in tl.static_range(len(upper)):
@@ -122,6 +155,10 @@ def _corner(c: tl.constexpr, upper, lower, lo_term, hi_term, offset, use_hash, m
         summed = summed + term
         hashed = hashed ^ term
     index = tl.where(use_hash, hashed, summed) & mask
+    if REDUCE == 1:
+        index = tl.where(index >= size, index - size, index)
+    elif REDUCE == 2:
+        index = index % size
     return factors, weight, offset + index.to(tl.int32)
 
 
@@ -129,7 +166,7 @@ def _corner(c: tl.constexpr, upper, lower, lo_term, hi_term, offset, use_hash, m
 def grid_forward_kernel(
     x_ptr,  # (N, G, D) coordinates, float16/bfloat16/float32/float64
     params_ptr,  # (G, E, F) feature table
-    meta_ptr,  # (L, 4 + D) int64 level table
+    meta_ptr,  # (L, 7 + D) int64 level table
     y_ptr,  # (N, G, L * F) output features, params dtype
     N,  # number of points
     G,  # number of groups
@@ -138,6 +175,8 @@ def grid_forward_kernel(
     D: tl.constexpr,  # in_dim
     F: tl.constexpr,  # features per entry
     SMOOTH: tl.constexpr,  # smoothstep instead of linear weights
+    FUSED: tl.constexpr,  # tcnn / torch-ngp position x * scale + shift (see _position)
+    REDUCE: tl.constexpr,  # how indices are brought below the level size (see _corner)
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
     BLOCK: tl.constexpr,  # points per program
     LEVELS: tl.constexpr,  # levels per program
@@ -157,12 +196,14 @@ def grid_forward_kernel(
     table = params_ptr + g.to(tl.int64) * E * F
     out = y_ptr + (n[:, None] * G + g) * (L * F) + j[None, :]
     for level in range(first, tl.minimum(first + LEVELS, L)):
-        r, offset, use_hash, mask, strides = _level(meta_ptr, level, D)
-        origin, upper, lower, _ = _fractions(xs, r, SMOOTH)
+        scale, shift, offset, use_hash, mask, size, strides = _level(meta_ptr, level, D, COMPUTE)
+        origin, upper, lower, _ = _fractions(xs, scale, shift, SMOOTH, FUSED)
         lo_term, hi_term = _index_terms(origin, strides)
         acc = tl.zeros((BLOCK, F), COMPUTE)
         for c in tl.static_range(2**D):
-            _, w, row = _corner(c, upper, lower, lo_term, hi_term, offset, use_hash, mask)
+            _, w, row = _corner(
+                c, upper, lower, lo_term, hi_term, offset, use_hash, mask, size, REDUCE
+            )
             v = tl.load(table + row[:, None] * F + j[None, :], mask=live[:, None], other=0.0)
             acc += w[:, None] * v.to(COMPUTE)
         tl.store(out + level * F, acc, mask=live[:, None])
@@ -172,7 +213,8 @@ def grid_forward_kernel(
 # corner c, the lookup y_l = sum_c w_c P_c with w_c = prod_k (b_k ? s_k : 1 - s_k) gives
 #   dL/dP_c  += w_c g_l                                               (scatter)
 #   dL/ds_k   = sum_c (b_k ? +1 : -1) prod_{m != k} (b_m ? s_m : 1 - s_m) <P_c, g_l>
-#   dL/dx_k   = sum_l (r_l - 1) (ds_k/df_k) dL/ds_k,   since f = x (r - 1) - i
+#   dL/dx_k   = sum_l a_l (ds_k/df_k) dL/ds_k,   since f = x a_l + shift - i
+# with a_l the level's position scale (r_l - 1 in the gridcodes convention)
 # and dL/dx_k is set to 0 where x_k was outside [0, 1] or not finite. The cell is the
 # one the forward chose, so at x = 0 and x = 1 the gradient is that inside the
 # boundary cell. Levels are looped inside the program so dL/dx is summed in
@@ -181,7 +223,7 @@ def grid_forward_kernel(
 def grid_backward_kernel(
     x_ptr,  # (N, G, D) coordinates
     params_ptr,  # (G, E, F) feature table
-    meta_ptr,  # (L, 4 + D) int64 level table
+    meta_ptr,  # (L, 7 + D) int64 level table
     dy_ptr,  # (N, G, L * F) upstream gradient
     dparams_ptr,  # (G, E, F) float32/float64 accumulator, atomically added (PARAM_GRAD)
     replicas_ptr,  # (REPLICAS, G, COARSE, F) accumulators of rows < COARSE (REPLICAS > 1)
@@ -194,6 +236,8 @@ def grid_backward_kernel(
     D: tl.constexpr,  # in_dim
     F: tl.constexpr,  # features per entry
     SMOOTH: tl.constexpr,  # smoothstep instead of linear weights
+    FUSED: tl.constexpr,  # tcnn / torch-ngp position x * scale + shift (see _position)
+    REDUCE: tl.constexpr,  # how indices are brought below the level size (see _corner)
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
     PARAM_GRAD: tl.constexpr,  # scatter w * dy into dparams with atomics
     INPUT_GRAD: tl.constexpr,  # compute dL/dx
@@ -216,8 +260,8 @@ def grid_backward_kernel(
     replica = (tl.program_id(0) % REPLICAS).to(tl.int64) * G + g
     grad_coarse = replicas_ptr + replica * COARSE * F
     for level in range(L):
-        r, offset, use_hash, mask, strides = _level(meta_ptr, level, D)
-        origin, upper, lower, slope = _fractions(xs, r, SMOOTH)
+        scale, shift, offset, use_hash, mask, size, strides = _level(meta_ptr, level, D, COMPUTE)
+        origin, upper, lower, slope = _fractions(xs, scale, shift, SMOOTH, FUSED)
         lo_term, hi_term = _index_terms(origin, strides)
         dy_ptrs = dy_ptr + (n[:, None] * G + g) * (L * F) + level * F + j[None, :]
         dy = tl.load(dy_ptrs, mask=live[:, None], other=0.0).to(COMPUTE)
@@ -225,7 +269,9 @@ def grid_backward_kernel(
         for k in tl.static_range(D):
             dl_ds = dl_ds + (tl.zeros((BLOCK,), COMPUTE),)
         for c in tl.static_range(2**D):
-            factors, w, row = _corner(c, upper, lower, lo_term, hi_term, offset, use_hash, mask)
+            factors, w, row = _corner(
+                c, upper, lower, lo_term, hi_term, offset, use_hash, mask, size, REDUCE
+            )
             if PARAM_GRAD:
                 # Relaxed: the sum needs atomicity, not ordering. The default (acq_rel)
                 # fences every add and invalidates L1, which also evicts the rows the
@@ -258,7 +304,6 @@ def grid_backward_kernel(
                         updated = updated + (dl_ds[k] - others,)
                 dl_ds = updated
         if INPUT_GRAD:
-            scale = (r - 1).to(COMPUTE)
             updated = ()
             for k in tl.static_range(D):
                 updated = updated + (dx[k] + scale * slope[k] * dl_ds[k],)
@@ -284,13 +329,15 @@ def grid_backward_kernel(
 @triton.jit
 def grid_contribution_rows_kernel(
     x_ptr,  # (N, G, D) coordinates
-    meta_ptr,  # (L, 4 + D) int64 level table
+    meta_ptr,  # (L, 7 + D) int64 level table
     rows_ptr,  # (L * 2**D * N * G,) int32 output, see below
     N,  # number of points
     G,  # number of groups
     E,  # table rows per group
     L,  # number of levels
     D: tl.constexpr,  # in_dim
+    FUSED: tl.constexpr,  # tcnn / torch-ngp position x * scale + shift (see _position)
+    REDUCE: tl.constexpr,  # how indices are brought below the level size (see _corner)
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
     BLOCK: tl.constexpr,  # points per program
 ):
@@ -305,11 +352,13 @@ def grid_contribution_rows_kernel(
     xs = _sanitize(_load_coords(x_ptr, point_group, live, D, COMPUTE))
     n_points = tl.cast(N, tl.int64) * G  # tl.cast: N == 1 arrives as a constant, not a tensor
     for level in range(L):
-        r, offset, use_hash, mask, strides = _level(meta_ptr, level, D)
-        origin, upper, lower, _ = _fractions(xs, r, False)
+        scale, shift, offset, use_hash, mask, size, strides = _level(meta_ptr, level, D, COMPUTE)
+        origin, upper, lower, _ = _fractions(xs, scale, shift, False, FUSED)
         lo_term, hi_term = _index_terms(origin, strides)
         for c in tl.static_range(2**D):
-            _, _, row = _corner(c, upper, lower, lo_term, hi_term, offset, use_hash, mask)
+            _, _, row = _corner(
+                c, upper, lower, lo_term, hi_term, offset, use_hash, mask, size, REDUCE
+            )
             contribution = (level * (2**D) + c) * n_points + point_group
             tl.store(rows_ptr + contribution, g * E + row, mask=live)
 
@@ -337,7 +386,7 @@ def _segmented_scan(value, start, CHUNK: tl.constexpr):
 @triton.jit
 def grid_chunk_sum_kernel(
     x_ptr,  # (N, G, D) coordinates
-    meta_ptr,  # (L, 4 + D) int64 level table
+    meta_ptr,  # (L, 7 + D) int64 level table
     dy_ptr,  # (N, G, L * F) upstream gradient
     rows_ptr,  # (M,) int32 flat table rows of the contributions, sorted
     order_ptr,  # (M,) int64 contribution ids in sorted order (ids as in the rows kernel)
@@ -352,6 +401,7 @@ def grid_chunk_sum_kernel(
     D: tl.constexpr,  # in_dim
     F: tl.constexpr,  # features per entry
     SMOOTH: tl.constexpr,  # smoothstep instead of linear weights
+    FUSED: tl.constexpr,  # tcnn / torch-ngp position x * scale + shift (see _position)
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
     CHUNK: tl.constexpr,  # contributions per program; fixes the summation order
 ):
@@ -368,9 +418,11 @@ def grid_chunk_sum_kernel(
     point_group = contribution % NG
     level = contribution // NG // (2**D)
     corner = (contribution // NG) % (2**D)
-    r = tl.load(meta_ptr + level * (_STRIDES + D) + _RESOLUTION, mask=live, other=2)
+    row_ptr = meta_ptr + level * (_STRIDES + D)
+    scale = tl.load(row_ptr + _SCALE, mask=live, other=0).to(tl.float64, bitcast=True).to(COMPUTE)
+    shift = tl.load(row_ptr + _SHIFT, mask=live, other=0).to(tl.float64, bitcast=True).to(COMPUTE)
     xs = _sanitize(_load_coords(x_ptr, point_group, live, D, COMPUTE))
-    _, upper, lower, _ = _fractions(xs, r, SMOOTH)
+    _, upper, lower, _ = _fractions(xs, scale, shift, SMOOTH, FUSED)
     w = tl.full((CHUNK,), 1.0, COMPUTE)
     for k in tl.static_range(D):
         w = w * tl.where((corner >> k) & 1 == 1, upper[k], lower[k])

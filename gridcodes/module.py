@@ -164,7 +164,14 @@ class MultiResGrid(nn.Module):
             deterministic = self.deterministic or torch.are_deterministic_algorithms_enabled()
             smoothstep = c.interpolation == "smoothstep"
             y = ops.grid_encode(
-                flat, self.params, self.level_table, smoothstep, deterministic, self._coarse_rows
+                flat,
+                self.params,
+                self.level_table,
+                smoothstep,
+                c.convention != "gridcodes",
+                c.index_reduction,
+                deterministic,
+                self._coarse_rows,
             )
         else:
             y = grid_encode_reference(flat, self.params, c)

@@ -88,15 +88,22 @@ def _run(kernel, grid: tuple, args: tuple, kwargs: dict) -> None:
     kernel[grid](*args, **kwargs)
 
 
-def _constants(x: torch.Tensor, params: torch.Tensor) -> dict:
+def _constants(x: torch.Tensor, params: torch.Tensor, fused: bool = False, reduce: int = 0) -> dict:
+    """Compile-time constants of a launch: in_dim, computation dtype, and the level geometry's
+    position rule (FUSED) and index reduction (REDUCE), see kernels._position / _corner."""
     return {
         "D": x.shape[-1],
         "COMPUTE": tl.float64 if params.dtype == torch.float64 else tl.float32,
+        "FUSED": fused,
+        "REDUCE": reduce,
     }
 
 
-def forward(x, params, table, smoothstep: bool) -> torch.Tensor:
-    """Launch the lookup. x (N, G, D), params (G, E, F), table (L, 4 + D) int64 -> (N, G, L*F)."""
+def forward(x, params, table, smoothstep: bool, fused: bool = False, reduce: int = 0):
+    """Launch the lookup. x (N, G, D), params (G, E, F), table (L, 7 + D) int64 -> (N, G, L*F).
+
+    ``fused`` and ``reduce`` describe the level geometry (``GridConfig.convention`` not
+    "gridcodes", ``GridConfig.index_reduction``)."""
     n_points, n_groups, _ = x.shape
     n_levels = table.shape[0]
     n_features = params.shape[-1]
@@ -121,12 +128,24 @@ def forward(x, params, table, smoothstep: bool) -> torch.Tensor:
         BLOCK=tune.block,
         LEVELS=tune.levels,
         num_warps=tune.num_warps,
-        **_constants(x, params),
+        **_constants(x, params, fused, reduce),
     )
     return y
 
 
-def backward(dy, x, params, table, smoothstep, need_dx, need_dparams, deterministic, coarse=0):
+def backward(
+    dy,
+    x,
+    params,
+    table,
+    smoothstep,
+    need_dx,
+    need_dparams,
+    deterministic,
+    coarse=0,
+    fused=False,
+    reduce=0,
+):
     """Launch the backward: (dL/dx or empty, dL/dparams or empty), see grid_encode_backward."""
     n_points, n_groups, _ = x.shape
     n_levels = table.shape[0]
@@ -137,7 +156,7 @@ def backward(dy, x, params, table, smoothstep, need_dx, need_dparams, determinis
     acc_shape = params.shape if need_dparams else (0,)
     acc = torch.zeros(acc_shape, dtype=compute_dtype(params), device=params.device)
     atomic = need_dparams and not deterministic
-    constants = _constants(x, params)
+    constants = _constants(x, params, fused, reduce)
     n_replicas = min(MAX_REPLICAS, n_points // REPLICA_POINTS) if atomic else 0
     if n_replicas < 2 or coarse == 0:
         n_replicas, coarse = 1, 0
@@ -223,7 +242,7 @@ def sorted_scatter(dy, x, table, acc, smoothstep, constants) -> None:
         F=n_features,
         SMOOTH=smoothstep,
         CHUNK=CHUNK,
-        **constants,
+        **{k: v for k, v in constants.items() if k != "REDUCE"},
     )
     tune = TUNING["combine"]
     _launch(
@@ -248,19 +267,22 @@ def grid_encode(
     params: torch.Tensor,
     table: torch.Tensor,
     smoothstep: bool,
+    fused: bool,
+    reduce: int,
     deterministic: bool,
     coarse: int,
 ) -> torch.Tensor:
-    """Triton lookup. x (N, G, D), params (G, E, F), table (L, 4 + D) int64 -> (N, G, L*F).
+    """Triton lookup. x (N, G, D), params (G, E, F), table (L, 7 + D) int64 -> (N, G, L*F).
 
-    ``deterministic`` and ``coarse`` (see :func:`coarse_rows`) only affect the backward:
-    bitwise-reproducible dL/dparams, and which rows get replicated accumulators.
+    ``fused`` and ``reduce``: the level geometry (see :func:`forward`). ``deterministic``
+    and ``coarse`` (see :func:`coarse_rows`) only affect the backward: bitwise-reproducible
+    dL/dparams, and which rows get replicated accumulators.
     """
-    return forward(x, params, table, smoothstep)
+    return forward(x, params, table, smoothstep, fused, reduce)
 
 
 @grid_encode.register_fake
-def _(x, params, table, smoothstep, deterministic, coarse):
+def _(x, params, table, smoothstep, fused, reduce, deterministic, coarse):
     return params.new_empty(x.shape[0], x.shape[1], table.shape[0] * params.shape[-1])
 
 
@@ -271,26 +293,42 @@ def grid_encode_backward(
     params: torch.Tensor,
     table: torch.Tensor,
     smoothstep: bool,
+    fused: bool,
+    reduce: int,
     need_dx: bool,
     need_dparams: bool,
     deterministic: bool,
     coarse: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients w.r.t. x (shape of x, or empty) and params (shape of params, or empty)."""
-    return backward(dy, x, params, table, smoothstep, need_dx, need_dparams, deterministic, coarse)
+    return backward(
+        dy,
+        x,
+        params,
+        table,
+        smoothstep,
+        need_dx,
+        need_dparams,
+        deterministic,
+        coarse,
+        fused,
+        reduce,
+    )
 
 
 @grid_encode_backward.register_fake
-def _(dy, x, params, table, smoothstep, need_dx, need_dparams, deterministic, coarse):
+def _(
+    dy, x, params, table, smoothstep, fused, reduce, need_dx, need_dparams, deterministic, coarse
+):
     dx = torch.empty_like(x) if need_dx else x.new_empty(0)
     dparams = torch.empty_like(params) if need_dparams else params.new_empty(0)
     return dx, dparams
 
 
 def _setup_context(ctx, inputs, output):
-    x, params, table, smoothstep, deterministic, coarse = inputs
+    x, params, table, smoothstep, fused, reduce, deterministic, coarse = inputs
     ctx.save_for_backward(x, params, table)
-    ctx.smoothstep = smoothstep
+    ctx.geometry = (smoothstep, fused, reduce)
     ctx.deterministic = deterministic
     ctx.coarse = coarse
 
@@ -299,10 +337,10 @@ def _backward(ctx, dy):
     x, params, table = ctx.saved_tensors
     need_dx, need_dparams = ctx.needs_input_grad[:2]
     dx, dparams = grid_encode_backward(
-        dy, x, params, table, ctx.smoothstep, need_dx, need_dparams, ctx.deterministic, ctx.coarse
+        dy, x, params, table, *ctx.geometry, need_dx, need_dparams, ctx.deterministic, ctx.coarse
     )
     grads = (dx if need_dx else None), (dparams if need_dparams else None)
-    return *grads, None, None, None, None
+    return *grads, None, None, None, None, None, None
 
 
 grid_encode.register_autograd(_backward, setup_context=_setup_context)

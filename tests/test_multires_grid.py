@@ -127,7 +127,7 @@ def test_opcheck_custom_op():
     x = torch.rand(37, 2, 3, device=DEVICE, requires_grad=True)
     coarse = ops.coarse_rows(grid.config.level_sizes)
     for smoothstep in (False, True):
-        args = (x, grid.params, grid.level_table, smoothstep, False, coarse)
+        args = (x, grid.params, grid.level_table, smoothstep, False, 0, False, coarse)
         torch.library.opcheck(ops.grid_encode, args)
     dy = torch.randn(37, 2, 8, device=DEVICE)
     backward_args = (
@@ -135,10 +135,12 @@ def test_opcheck_custom_op():
         x.detach(),
         grid.params.detach(),
         grid.level_table,
-        False,
-        True,
-        True,
-        False,
+        False,  # smoothstep
+        False,  # fused
+        0,  # reduce
+        True,  # need_dx
+        True,  # need_dparams
+        False,  # deterministic
         coarse,
     )
     torch.library.opcheck(ops.grid_encode_backward, backward_args)
