@@ -1,8 +1,9 @@
 """Launchers of the Triton kernels and their registration as ``torch.library`` custom ops.
 
-``gridcodes::grid_encode`` (forward) and ``gridcodes::grid_encode_backward`` are opaque
-to ``torch.compile`` (no graph break) and carry fake-tensor kernels for tracing.
-Double backward is not supported: differentiating the backward op raises.
+``gridcodes::grid_encode`` (forward), ``gridcodes::grid_encode_backward`` and
+``gridcodes::grid_encode_double_backward`` are opaque to ``torch.compile`` (no graph
+break) and carry fake-tensor kernels for tracing. The backward op is differentiable
+(second-order gradients, docs/tcnn.md); differentiating the double backward raises.
 
 Launchers assume the module already validated shapes, dtypes and devices; they only
 prepare contiguous buffers and launch.
@@ -47,6 +48,7 @@ class LaunchConfig:
 TUNING = {
     "forward": LaunchConfig(256 if INTERPRET else 128, levels=1),
     "backward": LaunchConfig(256 if INTERPRET else 128),
+    "double_backward": LaunchConfig(256 if INTERPRET else 128),
     "rows": LaunchConfig(256 if INTERPRET else 128),
     "combine": LaunchConfig(256 if INTERPRET else 128),
 }
@@ -195,8 +197,11 @@ def backward(
     return dx, dparams
 
 
-def sorted_scatter(dy, x, table, acc, smoothstep, constants) -> None:
-    """Deterministic dL/dparams into ``acc`` (zeros): one sort by row, chunked segmented sums."""
+def sorted_scatter(dy, x, table, acc, smoothstep, constants, hx=None) -> None:
+    """Deterministic dL/dparams into ``acc`` (zeros): one sort by row, chunked segmented sums.
+
+    With ``hx`` (N, G, D), the double backward's scatter of ``v * dy`` instead of ``w * dy``.
+    """
     n_points, n_groups, _ = x.shape
     n_levels = table.shape[0]
     n_rows, n_features = acc.shape[1:]
@@ -229,6 +234,7 @@ def sorted_scatter(dy, x, table, acc, smoothstep, constants) -> None:
         x,
         table,
         dy,
+        x if hx is None else hx.contiguous(),
         rows,
         order,
         acc,
@@ -242,6 +248,7 @@ def sorted_scatter(dy, x, table, acc, smoothstep, constants) -> None:
         F=n_features,
         SMOOTH=smoothstep,
         CHUNK=CHUNK,
+        DIRECTIONAL=hx is not None,
         **{k: v for k, v in constants.items() if k != "REDUCE"},
     )
     tune = TUNING["combine"]
@@ -259,6 +266,74 @@ def sorted_scatter(dy, x, table, acc, smoothstep, constants) -> None:
         BLOCK=tune.block,
         num_warps=tune.num_warps,
     )
+
+
+def double_backward(
+    hx,
+    dy,
+    x,
+    params,
+    table,
+    smoothstep,
+    fused,
+    reduce,
+    need_ddy,
+    need_dx,
+    need_dparams,
+    deterministic,
+    coarse=0,
+):
+    """Launch the double backward's terms in ``hx`` (the upstream gradient of dL/dx): d/d(dy)
+    or empty, d/dx or empty, d/dparams or empty (see kernels.grid_double_backward_kernel)."""
+    n_points, n_groups, _ = x.shape
+    n_levels = table.shape[0]
+    n_rows, n_features = params.shape[1:]
+    x, dy, hx = x.contiguous(), dy.contiguous(), hx.contiguous()
+    ddy = torch.empty_like(dy) if need_ddy else dy.new_empty(0)
+    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
+    acc_shape = params.shape if need_dparams else (0,)
+    acc = torch.zeros(acc_shape, dtype=compute_dtype(params), device=params.device)
+    atomic = need_dparams and not deterministic
+    constants = _constants(x, params, fused, reduce)
+    n_replicas = min(MAX_REPLICAS, n_points // REPLICA_POINTS) if atomic else 0
+    if n_replicas < 2 or coarse == 0:
+        n_replicas, coarse = 1, 0
+    replicas = acc.new_zeros(n_replicas, n_groups, coarse, n_features)
+    if n_points > 0 and (need_ddy or need_dx or atomic):
+        tune = TUNING["double_backward"]
+        _launch(
+            kernels.grid_double_backward_kernel,
+            (triton.cdiv(n_points, tune.block), n_groups),
+            x,
+            params.contiguous(),
+            table,
+            dy,
+            hx,
+            ddy,
+            acc,
+            replicas,
+            dx,
+            n_points,
+            n_groups,
+            n_rows,
+            n_levels,
+            coarse,
+            F=n_features,
+            SMOOTH=smoothstep,
+            DY_GRAD=need_ddy,
+            PARAM_GRAD=atomic,
+            INPUT_GRAD=need_dx,
+            REPLICAS=n_replicas,
+            BLOCK=tune.block,
+            num_warps=tune.num_warps,
+            **constants,
+        )
+    if n_replicas > 1:
+        acc[:, :coarse] += replicas.sum(0)
+    if need_dparams and deterministic and n_points > 0:
+        sorted_scatter(dy, x, table, acc, smoothstep, constants, hx=hx)
+    dparams = acc.to(params.dtype) if need_dparams else params.new_empty(0)
+    return ddy, dx, dparams
 
 
 @torch.library.custom_op("gridcodes::grid_encode", mutates_args=())
@@ -344,3 +419,84 @@ def _backward(ctx, dy):
 
 
 grid_encode.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("gridcodes::grid_encode_double_backward", mutates_args=())
+def grid_encode_double_backward(
+    hx: torch.Tensor,
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    params: torch.Tensor,
+    table: torch.Tensor,
+    smoothstep: bool,
+    fused: bool,
+    reduce: int,
+    need_ddy: bool,
+    need_dx: bool,
+    need_dparams: bool,
+    deterministic: bool,
+    coarse: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The terms in ``hx`` of the backward's gradient w.r.t. dy, x and params (or empty)."""
+    return double_backward(
+        hx,
+        dy,
+        x,
+        params,
+        table,
+        smoothstep,
+        fused,
+        reduce,
+        need_ddy,
+        need_dx,
+        need_dparams,
+        deterministic,
+        coarse,
+    )
+
+
+@grid_encode_double_backward.register_fake
+def _(hx, dy, x, params, table, smoothstep, fused, reduce, need_ddy, need_dx, need_dparams, *_):
+    ddy = torch.empty_like(dy) if need_ddy else dy.new_empty(0)
+    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
+    dparams = torch.empty_like(params) if need_dparams else params.new_empty(0)
+    return ddy, dx, dparams
+
+
+def _setup_backward_context(ctx, inputs, output):
+    dy, x, params, table, smoothstep, fused, reduce, _, _, deterministic, coarse = inputs
+    ctx.save_for_backward(dy, x, params, table)
+    ctx.geometry = (smoothstep, fused, reduce)
+    ctx.deterministic = deterministic
+    ctx.coarse = coarse
+
+
+def _present(t: torch.Tensor | None) -> bool:
+    return t is not None and t.numel() > 0
+
+
+def _double_backward(ctx, hx, hparams):
+    """Gradients of the backward's (dL/dx, dL/dparams) w.r.t. (dy, x, params), given their
+    upstream gradients ``hx`` and ``hparams`` (docs/tcnn.md, "Second-order gradients")."""
+    dy, x, params, table = ctx.saved_tensors
+    need_ddy, need_dx, need_dparams = ctx.needs_input_grad[:3]
+    det, coarse = ctx.deterministic, ctx.coarse
+    ddy = dx = dparams = None
+    if _present(hx) and (need_ddy or need_dx or need_dparams):
+        terms = grid_encode_double_backward(
+            hx, dy, x, params, table, *ctx.geometry, need_ddy, need_dx, need_dparams, det, coarse
+        )
+        ddy, dx, dparams = (t if need else None for t, need in zip(terms, ctx.needs_input_grad))
+    if _present(hparams):  # dL/dparams = scatter(w dy): linear in dy, its w depends on x
+        if need_ddy:
+            looked_up = grid_encode(x, hparams, table, *ctx.geometry, det, coarse)
+            ddy = looked_up if ddy is None else ddy + looked_up
+        if need_dx:
+            slope, _ = grid_encode_backward(
+                dy, x, hparams, table, *ctx.geometry, True, False, det, coarse
+            )
+            dx = slope if dx is None else dx + slope
+    return ddy, dx, dparams, None, None, None, None, None, None, None, None
+
+
+grid_encode_backward.register_autograd(_double_backward, setup_context=_setup_backward_context)
