@@ -433,44 +433,80 @@ class _GridEncode(torch.autograd.Function):
         return out.view(n, groups, n_levels * n_features).to(params.dtype)
 
     @staticmethod
-    @once_differentiable  # double backward raises instead of returning wrong values
     def backward(ctx, dy):
         x, params = ctx.saved_tensors
-        geo, chunks = ctx.geo, ctx.chunks
         need_dx, need_dparams = ctx.needs_input_grad[:2]
-        dtype = compute_dtype(params)
-        n, groups, d = x.shape
-        n_features = params.shape[-1]
-        table = params.detach().to(dtype).reshape(-1, n_features)
-        columns = _gradient_columns(len(table), n_features, dtype) if need_dparams else []
-        diffs = _differences(table, geo) if need_dx else []
-        dx = torch.zeros(d, n, groups, dtype=dtype) if need_dx else None
-        dy = dy.view(n, groups, geo.scale.shape[0], n_features)
-        # Chunk by chunk: the table-gradient scatters (serial in ATen; one per column of two
-        # features) run on worker threads while this thread computes dL/dx (parallel ATen ops).
-        for chunk in chunks:
-            g = BUFFERS.empty(*chunk.rows.shape[:-1], n_features, dtype=dtype)  # level-major
-            _copy_rows(g, dy[chunk.start : chunk.stop].to(dtype).permute(2, 0, 1, 3))
-            sources = _scatter_sources(chunk.weights, g) if need_dparams else []
-            rows = chunk.rows.view(-1)  # dL/dparams[j, rows] += w * dL/dy_j, in chunk order
-            scattered = in_background(
-                [partial(column.index_add_, 0, rows, src) for column, src in zip(columns, sources)]
-            )
-            try:
-                if need_dx:
-                    dx[:, chunk.start : chunk.stop] = _dx(chunk, table, diffs, g, geo)
-            finally:
-                scattered()  # the sources are in use until the scatters end
-            BUFFERS.give((*sources, g))
-        if need_dx:
-            inside = (x >= 0) & (x <= 1)
-            dx = torch.where(inside, dx.permute(1, 2, 0), 0.0).to(x.dtype)
-        dtable = None
-        if need_dparams:
-            dtable = _gradient_table(columns).view(params.shape).to(params.dtype)
-            BUFFERS.give(columns)
-        BUFFERS.give(diffs)
-        return dx, dtable, None
+        # A Function of its own, so that the backward is differentiable (second order).
+        dx, dtable = _GridEncodeBackward.apply(
+            dy, x, params, ctx.geo, ctx.chunks, need_dx, need_dparams
+        )
+        return (dx if need_dx else None), (dtable if need_dparams else None), None
+
+
+def first_backward(dy, x, params, geo: Geometry, chunks: list, need_dx: bool, need_dparams: bool):
+    """dL/dx (N, G, d) in x's dtype and dL/dparams in params' dtype (or None) from dL/dy
+    (N, G, L * F), using the chunks the forward kept."""
+    dtype = compute_dtype(params)
+    n, groups, d = x.shape
+    n_features = params.shape[-1]
+    table = params.detach().to(dtype).reshape(-1, n_features)
+    columns = _gradient_columns(len(table), n_features, dtype) if need_dparams else []
+    diffs = _differences(table, geo) if need_dx else []
+    dx = torch.zeros(d, n, groups, dtype=dtype) if need_dx else None
+    dy = dy.view(n, groups, geo.scale.shape[0], n_features)
+    # Chunk by chunk: the table-gradient scatters (serial in ATen; one per column of two
+    # features) run on worker threads while this thread computes dL/dx (parallel ATen ops).
+    for chunk in chunks:
+        g = BUFFERS.empty(*chunk.rows.shape[:-1], n_features, dtype=dtype)  # level-major
+        _copy_rows(g, dy[chunk.start : chunk.stop].to(dtype).permute(2, 0, 1, 3))
+        sources = _scatter_sources(chunk.weights, g) if need_dparams else []
+        rows = chunk.rows.view(-1)  # dL/dparams[j, rows] += w * dL/dy_j, in chunk order
+        scattered = in_background(
+            [partial(column.index_add_, 0, rows, src) for column, src in zip(columns, sources)]
+        )
+        try:
+            if need_dx:
+                dx[:, chunk.start : chunk.stop] = _dx(chunk, table, diffs, g, geo)
+        finally:
+            scattered()  # the sources are in use until the scatters end
+        BUFFERS.give((*sources, g))
+    if need_dx:
+        inside = (x >= 0) & (x <= 1)
+        dx = torch.where(inside, dx.permute(1, 2, 0), 0.0).to(x.dtype)
+    dtable = None
+    if need_dparams:
+        dtable = _gradient_table(columns).view(params.shape).to(params.dtype)
+        BUFFERS.give(columns)
+    BUFFERS.give(diffs)
+    return dx, dtable
+
+
+class _GridEncodeBackward(torch.autograd.Function):
+    """The backward as a function of (dL/dy, x, params): its own backward is the double
+    backward (``cpu_second_order``); differentiating that raises."""
+
+    @staticmethod
+    def forward(ctx, dy, x, params, geo: Geometry, chunks, need_dx, need_dparams):
+        ctx.save_for_backward(dy, x, params)
+        ctx.geo = geo
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
+        dx, dtable = first_backward(dy, x, params, geo, chunks, need_dx, need_dparams)
+        # Empty tensors stand for the gradients not asked for.
+        return (x.new_empty(0) if dx is None else dx), (
+            params.new_empty(0) if dtable is None else dtable
+        )
+
+    @staticmethod
+    @once_differentiable  # third-order gradients raise instead of returning wrong values
+    def backward(ctx, hx, hparams):
+        from .cpu_second_order import double_backward
+
+        dy, x, params = ctx.saved_tensors
+        need_ddy, need_dx, need_dparams = ctx.needs_input_grad[:3]
+        grads = double_backward(
+            hx, hparams, dy, x, params, ctx.geo, need_ddy, need_dx, need_dparams
+        )
+        return *grads, None, None, None, None
 
 
 FEATURE_ROW = {8: torch.float64, 16: torch.complex128}  # bytes per row -> one element

@@ -114,14 +114,6 @@ def test_interpreter_switch_is_required_for_triton_on_cpu(monkeypatch):
         grid(torch.rand(4, 1, 2))
 
 
-def test_double_backward_fails_loudly():
-    grid = small_grid(backend="triton")
-    x = torch.rand(7, 2, 3, device=DEVICE, requires_grad=True)
-    (dx,) = torch.autograd.grad(grid(x).pow(2).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="no autograd formula"):
-        dx.sum().backward()
-
-
 def test_opcheck_custom_op():
     grid = small_grid(backend="triton")
     x = torch.rand(37, 2, 3, device=DEVICE, requires_grad=True)
@@ -144,6 +136,9 @@ def test_opcheck_custom_op():
         coarse,
     )
     torch.library.opcheck(ops.grid_encode_backward, backward_args)
+    hx = torch.randn(37, 2, 3, device=DEVICE)
+    double_args = (hx, *backward_args[:7], True, True, True, False, coarse)
+    torch.library.opcheck(ops.grid_encode_double_backward, double_args)
 
 
 def test_torch_compile_has_no_graph_break():
