@@ -52,8 +52,10 @@ def record_launches(
     deterministic: bool = False,
     need_dx: bool = True,
     need_dparams: bool = True,
+    double_backward: bool = False,
 ) -> list[Launch]:
-    """The launches of one forward + backward of ``grid`` on ``n_points`` points (meta tensors)."""
+    """The launches of one forward + backward of ``grid`` on ``n_points`` points (meta tensors);
+    with ``double_backward``, also those of the double backward's terms in dL/dx's gradient."""
     c = grid.config
     launches: list[Launch] = []
 
@@ -72,6 +74,10 @@ def record_launches(
         ops.backward(
             dy, x, params, table, smooth, need_dx, need_dparams, deterministic, coarse, *geometry
         )
+        if double_backward:
+            hx = torch.empty_like(x)
+            flags = (True, need_dx, need_dparams, deterministic, coarse)
+            ops.double_backward(hx, dy, x, params, table, smooth, *geometry, *flags)
     return launches
 
 
