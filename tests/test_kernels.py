@@ -87,9 +87,10 @@ def tolerances(grid_ref, x, dy, unit_roundoff):
     - dL/dP_e = sum over its m_e contributions of w dy: |err| <= 2 (m_e + d + 3) u
       sum w |dy|, that sum being the reference's table gradient for upstream |dy|; m_e is
       bounded by the entry's hit count.
-    - dL/dx_k = sum_l (r_l - 1) ds/df sum_c (±prod_{m != k} factors) <P_c, dy_l>: F, 2**d
+    - dL/dx_k = sum_l a_l ds/df sum_c (±prod_{m != k} factors) <P_c, dy_l>: F, 2**d
       and L terms summed plus ~2d products, with sum_c |dw/ds_k| <= 2 and |ds/df| <= 1.5,
-      so |err| <= 2 (F + 2**d + L + 2d + 6) u * 3 F max|P| sum_l (r_l - 1) max|dy_l|.
+      so |err| <= 2 (F + 2**d + L + 2d + 6) u * 3 F max|P| sum_l a_l max|dy_l|, with a_l the
+      level's position scale (r_l - 1 in the gridcodes convention, tcnn's scale_l otherwise).
     """
     c = grid_ref.config
     table = grid_ref.params.detach()
