@@ -32,7 +32,19 @@ from gridcodes.compiled import inspect_launch, record_launches
 
 RESULTS = Path(__file__).parent / "results"
 BRICS = SHAPES["brics"]
+NGP = SHAPES["ngp"]
 SMALL = dict(n_groups=2, n_levels=4, log2_table_size=10, base_resolution=4, max_resolution=40)
+F64 = {"table_dtype": torch.float64}
+TCNN_HASH = dict(
+    in_dim=3,
+    n_levels=16,
+    n_features=2,
+    log2_table_size=19,
+    base_resolution=16,
+    per_level_scale=1.3819,
+    convention="tcnn",
+)
+TCNN_TILED = dict(TCNN_HASH, grid_type="tiled", n_levels=4, per_level_scale=2.0)
 
 
 def variants():
@@ -56,6 +68,16 @@ def variants():
         grid = dict(SMALL, in_dim=d, n_features=f, grid_type="hash", interpolation="smoothstep")
         yield f"d={d} F={f} smoothstep", grid, 1000, {}
         yield f"d={d} F={f} smoothstep det", grid, 1000, {"deterministic": True}
+        yield f"d={d} F={f} smoothstep double", grid, 1000, {"double_backward": True}
+    # Second-order gradients (the double backward's kernel after a forward + backward).
+    double = {"double_backward": True}
+    yield "brics double", BRICS.grid, BRICS.n_points, double
+    yield "ngp double", NGP.grid, NGP.n_points, double
+    yield "ngp double det", NGP.grid, NGP.n_points, {**double, "deterministic": True}
+    yield "brics double table float64", BRICS.grid, BRICS.n_points, {**double, **F64}
+    # tcnn's convention: fused positions; one conditional subtraction (hash) or a modulo (tiled).
+    yield "ngp tcnn", TCNN_HASH, NGP.n_points, double
+    yield "tiled tcnn", TCNN_TILED, NGP.n_points, double
 
 
 def report() -> dict:
@@ -70,6 +92,8 @@ def report() -> dict:
             row.update(
                 table=str(table_dtype).removeprefix("torch."),
                 atomic_scatter=bool(launch.kwargs.get("PARAM_GRAD", False)),
+                fused=bool(launch.kwargs.get("FUSED", False)),
+                reduce=int(launch.kwargs.get("REDUCE", 0)),
                 num_warps=launch.kwargs["num_warps"],
                 **summary,
             )

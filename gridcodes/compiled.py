@@ -52,8 +52,10 @@ def record_launches(
     deterministic: bool = False,
     need_dx: bool = True,
     need_dparams: bool = True,
+    double_backward: bool = False,
 ) -> list[Launch]:
-    """The launches of one forward + backward of ``grid`` on ``n_points`` points (meta tensors)."""
+    """The launches of one forward + backward of ``grid`` on ``n_points`` points (meta tensors);
+    with ``double_backward``, also those of the double backward's terms in dL/dx's gradient."""
     c = grid.config
     launches: list[Launch] = []
 
@@ -64,11 +66,18 @@ def record_launches(
     params = torch.empty(c.n_groups, c.n_entries, c.n_features, device="meta", dtype=table_dtype)
     table = level_table(c, "meta")
     smooth = c.interpolation == "smoothstep"
+    geometry = (c.convention != "gridcodes", c.index_reduction)
     with mock.patch.object(ops, "_run", record):
-        y = ops.forward(x, params, table, smooth)
+        y = ops.forward(x, params, table, smooth, *geometry)
         dy = torch.empty_like(y)
         coarse = ops.coarse_rows(c.level_sizes)
-        ops.backward(dy, x, params, table, smooth, need_dx, need_dparams, deterministic, coarse)
+        ops.backward(
+            dy, x, params, table, smooth, need_dx, need_dparams, deterministic, coarse, *geometry
+        )
+        if double_backward:
+            hx = torch.empty_like(x)
+            flags = (True, need_dx, need_dparams, deterministic, coarse)
+            ops.double_backward(hx, dy, x, params, table, smooth, *geometry, *flags)
     return launches
 
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .cpu_runtime import BUFFERS, in_background
-from .levels import META_MASK, META_OFFSET, META_STRIDES, META_USE_HASH, GridConfig, level_table
+from .levels import META_MASK, META_OFFSET, META_SIZE, META_STRIDES, GridConfig, level_table
 from .reference import compute_dtype, sanitize
 
 # Corner contributions (points x groups x levels x corners) handled per chunk. Forward +
@@ -51,9 +51,10 @@ from .reference import compute_dtype, sanitize
 # temporaries: 2 x 128 MiB of table-gradient sources at F = 4). 2-core x86-64 VM, 2026-11-30.
 CHUNK_CONTRIBUTIONS = 2**23
 UINT32 = 0xFFFFFFFF
-# How a run of levels computes its rows: sum_k i_k r**k (dense: never wraps; tiled: mod T),
-# or the XOR of i_k pi_k mod T (hashed).
-DENSE, TILED, HASHED = "dense", "tiled", "hashed"
+# How a run of levels computes its rows: sum_k i_k base**k (dense: never reaches the level's
+# size; tiled: mod T by the mask; modulo: mod a size that need not be a power of two, as
+# tcnn's levels), or the XOR of i_k pi_k mod T (hashed).
+DENSE, TILED, MODULO, HASHED = "dense", "tiled", "modulo", "hashed"
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,12 @@ class Geometry:
     """Per-level constants of one grid on one device, shaped to broadcast against the
     level-major layout ``(L, n, G, ...)`` used below."""
 
-    scale: torch.Tensor  # r - 1, compute dtype, (L, 1, 1)
-    top: torch.Tensor  # r - 2, compute dtype, (L, 1, 1)
-    strides: torch.Tensor  # int64 (d, L, 1, 1): r**k mod 2**32, or the hash primes
-    mask: torch.Tensor  # int32 (L, 1, 1): T - 1 on wrapped levels, -1 (all bits) elsewhere
+    scale: torch.Tensor  # position scale (r - 1 for gridcodes), compute dtype, (L, 1, 1)
+    shift: torch.Tensor  # position shift (0 or 0.5), float64, (L, 1, 1)
+    top: torch.Tensor | None  # r - 2 (the clamp of the cell origin), or None (no clamp)
+    strides: torch.Tensor  # int64 (d, L, 1, 1): base**k mod 2**32, or the hash primes
+    mask: torch.Tensor  # int32 (L, 1, 1): size - 1 where it reduces, -1 (all bits) elsewhere
+    sizes: torch.Tensor  # int32 (L, 1, 1): entries of each level
     corner_offsets: torch.Tensor  # int32 (L, 1, 1, C): (sum_k b_k strides_k) & mask
     row_offset: torch.Tensor  # int32 (L, 1, G, 1): g * n_entries + offsets[l]
     runs: tuple[tuple[str, int, int], ...]  # (kind, start, stop): maximal runs of levels
@@ -73,32 +76,43 @@ class Geometry:
     # (r**k mod size: the neighbour is ``offset + (row - offset + shift) % size``).
     segments: tuple[tuple[int, int, tuple[int, ...]], ...]
     smoothstep: bool
+    fused: bool  # x * scale + shift rounded once (tcnn, torch-ngp), see reference.fused_position
+    hash_sizes: tuple[int | None, ...]  # per level: the size a hash is reduced by, if no mask
 
 
 def geometry(config: GridConfig, device, dtype: torch.dtype) -> Geometry:
     """The constants of ``config`` for lookups computed in ``dtype`` on ``device``."""
     table = level_table(config, device)
-    r = table[:, 0].to(dtype)[:, None, None]
     d = config.in_dim
+    scale = torch.tensor([lv.scale for lv in config.levels], dtype=dtype, device=device)
     strides = table[:, META_STRIDES : META_STRIDES + d]
     mask = table[:, META_MASK]
     bits = (torch.arange(2**d, device=device)[:, None] >> torch.arange(d, device=device)) & 1
-    offsets = ((strides @ bits.T) & mask[:, None]).to(torch.int32)  # (L, C), < T or r**d
+    offsets = ((strides @ bits.T) & mask[:, None]).to(torch.int32)  # (L, C), < 2**32 / size
     group = torch.arange(config.n_groups, device=device) * config.n_entries
-    kinds = [
-        HASHED if use_hash else TILED if config.is_wrapped(level) else DENSE
-        for level, use_hash in enumerate(table[:, META_USE_HASH].tolist())
-    ]
+    kinds = []
+    for level, lv in enumerate(config.levels):
+        if lv.hashed:
+            kinds.append(HASHED)
+        elif config.level_mask(level) != UINT32:
+            kinds.append(TILED)
+        elif lv.dense_bound(d) < lv.size:
+            kinds.append(DENSE)
+        else:
+            kinds.append(MODULO)
     runs, start = [], 0
     for kind, levels in groupby(kinds):
         stop = start + len(list(levels))
         runs.append((kind, start, stop))
         start = stop
+    fused = config.convention != "gridcodes"
     return Geometry(
-        scale=r - 1,
-        top=r - 2,
+        scale=scale[:, None, None],
+        shift=torch.tensor([lv.shift for lv in config.levels], dtype=torch.float64)[:, None, None],
+        top=None if fused else (scale - 1)[:, None, None],
         strides=strides.T[:, :, None, None].contiguous(),
         mask=torch.where(mask == UINT32, -1, mask).to(torch.int32)[:, None, None],
+        sizes=table[:, META_SIZE].to(torch.int32)[:, None, None],
         corner_offsets=offsets[:, None, None, :].contiguous(),
         row_offset=(table[:, META_OFFSET, None] + group)[:, None, :, None].to(torch.int32),
         runs=tuple(runs),
@@ -110,6 +124,11 @@ def geometry(config: GridConfig, device, dtype: torch.dtype) -> Geometry:
             if kind != HASHED
         ),
         smoothstep=config.interpolation == "smoothstep",
+        fused=fused,
+        hash_sizes=tuple(
+            lv.size if lv.hashed and config.level_mask(level) == UINT32 else None
+            for level, lv in enumerate(config.levels)
+        ),
     )
 
 
@@ -120,9 +139,7 @@ def _cells(coords: torch.Tensor, geo: Geometry):
     (d, 2, L, n, G) holding ``(1 - s, s)``, and ``ds`` (d, L, n, G) or None (linear).
     """
     d = len(coords)
-    p = coords[:, None] * geo.scale  # SPEC §1.2 step 2, the reference's arithmetic
-    i = torch.minimum(torch.floor(p), geo.top)
-    f = p - i
+    i, f = _positions(coords, geo)
     if geo.smoothstep:
         s = f * f * (3.0 - 2.0 * f)
         ds = 6.0 * f * (1.0 - f)
@@ -130,6 +147,21 @@ def _cells(coords: torch.Tensor, geo: Geometry):
         s, ds = f, None
     factors = torch.stack((1.0 - s, s), dim=1, out=BUFFERS.empty(d, 2, *s.shape[1:], dtype=s.dtype))
     return i.long(), factors, ds
+
+
+def _positions(coords: torch.Tensor, geo: Geometry):
+    """Cell origins (float) and fractions (d, L, n, G) of sanitized ``coords`` (d, n, G): SPEC
+    §1.2 step 2 with the reference's arithmetic (``reference.cell_position``)."""
+    if geo.fused:  # x * scale + shift rounded once (reference.fused_position)
+        if coords.dtype == torch.float32:
+            p = (coords[:, None].double() * geo.scale.double() + geo.shift).float()
+        else:
+            p = coords[:, None] * geo.scale + geo.shift
+        i = torch.floor(p)
+    else:
+        p = coords[:, None] * geo.scale
+        i = torch.minimum(torch.floor(p), geo.top)
+    return i, p - i
 
 
 def _fold(pairs: list, combine=torch.mul) -> torch.Tensor:
@@ -179,9 +211,16 @@ def _rows(i: torch.Tensor, geo: Geometry) -> torch.Tensor:
                 vertex = torch.stack((i[:, level], i[:, level] + 1), dim=1)  # (d, 2, n, G)
                 terms = (vertex * geo.strides[:, level, None]) & UINT32
                 hashed = _fold(list(terms), torch.bitwise_xor) & geo.mask[level]  # (C, n, G)
+                if geo.hash_sizes[level] is not None:  # a size that is not a power of two
+                    hashed = torch.remainder(hashed, geo.hash_sizes[level])
                 rows[level] = hashed.permute(1, 2, 0) + geo.row_offset[level]
             continue
         base = (i[:, a:b] * geo.strides[:, a:b]).sum(0)  # sum_k i_k stride_k, (l, n, G)
+        if kind == MODULO:  # D(c) < 2**32 (GridConfig checks it), mod the level's size
+            sizes = geo.sizes[a:b, ..., None]
+            corner = base[..., None] + geo.corner_offsets[a:b]
+            rows[a:b] = torch.remainder(corner, sizes).to(torch.int32) + geo.row_offset[a:b]
+            continue
         offsets, mask, row_offset = (
             geo.corner_offsets[a:b],
             geo.mask[a:b],
@@ -394,44 +433,80 @@ class _GridEncode(torch.autograd.Function):
         return out.view(n, groups, n_levels * n_features).to(params.dtype)
 
     @staticmethod
-    @once_differentiable  # double backward raises instead of returning wrong values
     def backward(ctx, dy):
         x, params = ctx.saved_tensors
-        geo, chunks = ctx.geo, ctx.chunks
         need_dx, need_dparams = ctx.needs_input_grad[:2]
-        dtype = compute_dtype(params)
-        n, groups, d = x.shape
-        n_features = params.shape[-1]
-        table = params.detach().to(dtype).reshape(-1, n_features)
-        columns = _gradient_columns(len(table), n_features, dtype) if need_dparams else []
-        diffs = _differences(table, geo) if need_dx else []
-        dx = torch.zeros(d, n, groups, dtype=dtype) if need_dx else None
-        dy = dy.view(n, groups, geo.scale.shape[0], n_features)
-        # Chunk by chunk: the table-gradient scatters (serial in ATen; one per column of two
-        # features) run on worker threads while this thread computes dL/dx (parallel ATen ops).
-        for chunk in chunks:
-            g = BUFFERS.empty(*chunk.rows.shape[:-1], n_features, dtype=dtype)  # level-major
-            _copy_rows(g, dy[chunk.start : chunk.stop].to(dtype).permute(2, 0, 1, 3))
-            sources = _scatter_sources(chunk.weights, g) if need_dparams else []
-            rows = chunk.rows.view(-1)  # dL/dparams[j, rows] += w * dL/dy_j, in chunk order
-            scattered = in_background(
-                [partial(column.index_add_, 0, rows, src) for column, src in zip(columns, sources)]
-            )
-            try:
-                if need_dx:
-                    dx[:, chunk.start : chunk.stop] = _dx(chunk, table, diffs, g, geo)
-            finally:
-                scattered()  # the sources are in use until the scatters end
-            BUFFERS.give((*sources, g))
-        if need_dx:
-            inside = (x >= 0) & (x <= 1)
-            dx = torch.where(inside, dx.permute(1, 2, 0), 0.0).to(x.dtype)
-        dtable = None
-        if need_dparams:
-            dtable = _gradient_table(columns).view(params.shape).to(params.dtype)
-            BUFFERS.give(columns)
-        BUFFERS.give(diffs)
-        return dx, dtable, None
+        # A Function of its own, so that the backward is differentiable (second order).
+        dx, dtable = _GridEncodeBackward.apply(
+            dy, x, params, ctx.geo, ctx.chunks, need_dx, need_dparams
+        )
+        return (dx if need_dx else None), (dtable if need_dparams else None), None
+
+
+def first_backward(dy, x, params, geo: Geometry, chunks: list, need_dx: bool, need_dparams: bool):
+    """dL/dx (N, G, d) in x's dtype and dL/dparams in params' dtype (or None) from dL/dy
+    (N, G, L * F), using the chunks the forward kept."""
+    dtype = compute_dtype(params)
+    n, groups, d = x.shape
+    n_features = params.shape[-1]
+    table = params.detach().to(dtype).reshape(-1, n_features)
+    columns = _gradient_columns(len(table), n_features, dtype) if need_dparams else []
+    diffs = _differences(table, geo) if need_dx else []
+    dx = torch.zeros(d, n, groups, dtype=dtype) if need_dx else None
+    dy = dy.view(n, groups, geo.scale.shape[0], n_features)
+    # Chunk by chunk: the table-gradient scatters (serial in ATen; one per column of two
+    # features) run on worker threads while this thread computes dL/dx (parallel ATen ops).
+    for chunk in chunks:
+        g = BUFFERS.empty(*chunk.rows.shape[:-1], n_features, dtype=dtype)  # level-major
+        _copy_rows(g, dy[chunk.start : chunk.stop].to(dtype).permute(2, 0, 1, 3))
+        sources = _scatter_sources(chunk.weights, g) if need_dparams else []
+        rows = chunk.rows.view(-1)  # dL/dparams[j, rows] += w * dL/dy_j, in chunk order
+        scattered = in_background(
+            [partial(column.index_add_, 0, rows, src) for column, src in zip(columns, sources)]
+        )
+        try:
+            if need_dx:
+                dx[:, chunk.start : chunk.stop] = _dx(chunk, table, diffs, g, geo)
+        finally:
+            scattered()  # the sources are in use until the scatters end
+        BUFFERS.give((*sources, g))
+    if need_dx:
+        inside = (x >= 0) & (x <= 1)
+        dx = torch.where(inside, dx.permute(1, 2, 0), 0.0).to(x.dtype)
+    dtable = None
+    if need_dparams:
+        dtable = _gradient_table(columns).view(params.shape).to(params.dtype)
+        BUFFERS.give(columns)
+    BUFFERS.give(diffs)
+    return dx, dtable
+
+
+class _GridEncodeBackward(torch.autograd.Function):
+    """The backward as a function of (dL/dy, x, params): its own backward is the double
+    backward (``cpu_second_order``); differentiating that raises."""
+
+    @staticmethod
+    def forward(ctx, dy, x, params, geo: Geometry, chunks, need_dx, need_dparams):
+        ctx.save_for_backward(dy, x, params)
+        ctx.geo = geo
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
+        dx, dtable = first_backward(dy, x, params, geo, chunks, need_dx, need_dparams)
+        # Empty tensors stand for the gradients not asked for.
+        return (x.new_empty(0) if dx is None else dx), (
+            params.new_empty(0) if dtable is None else dtable
+        )
+
+    @staticmethod
+    @once_differentiable  # third-order gradients raise instead of returning wrong values
+    def backward(ctx, hx, hparams):
+        from .cpu_second_order import double_backward
+
+        dy, x, params = ctx.saved_tensors
+        need_ddy, need_dx, need_dparams = ctx.needs_input_grad[:3]
+        grads = double_backward(
+            hx, hparams, dy, x, params, ctx.geo, need_ddy, need_dx, need_dparams
+        )
+        return *grads, None, None, None, None
 
 
 FEATURE_ROW = {8: torch.float64, 16: torch.complex128}  # bytes per row -> one element

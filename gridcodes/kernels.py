@@ -17,10 +17,12 @@ import triton.language as tl
 from . import levels
 
 # Columns of a level-table row (gridcodes.levels.level_table).
-_RESOLUTION = tl.constexpr(levels.META_RESOLUTION)
 _OFFSET = tl.constexpr(levels.META_OFFSET)
 _USE_HASH = tl.constexpr(levels.META_USE_HASH)
 _MASK = tl.constexpr(levels.META_MASK)
+_SIZE = tl.constexpr(levels.META_SIZE)
+_SCALE = tl.constexpr(levels.META_SCALE)
+_SHIFT = tl.constexpr(levels.META_SHIFT)
 _STRIDES = tl.constexpr(levels.META_STRIDES)
 
 
@@ -44,46 +46,67 @@ def _sanitize(xs):
 
 
 @triton.jit
-def _level(meta_ptr, level, D: tl.constexpr):
-    """Geometry of one level: resolution r, first row, use_hash, index mask, D-tuple of strides."""
+def _level(meta_ptr, level, D: tl.constexpr, COMPUTE: tl.constexpr):
+    """Geometry of one level: position scale and shift (COMPUTE), first row, use_hash, index
+    mask, size, D-tuple of strides (gridcodes.levels.level_table)."""
     row = meta_ptr + level * (_STRIDES + D)
     strides = ()
     for k in tl.static_range(D):
         strides = strides + (tl.load(row + _STRIDES + k).to(tl.uint32),)
-    r = tl.load(row + _RESOLUTION)
+    scale = tl.load(row + _SCALE).to(tl.float64, bitcast=True).to(COMPUTE)
+    shift = tl.load(row + _SHIFT).to(tl.float64, bitcast=True).to(COMPUTE)
     offset = tl.load(row + _OFFSET).to(tl.int32)
     use_hash = tl.load(row + _USE_HASH) != 0
     mask = tl.load(row + _MASK).to(tl.uint32)
-    return r, offset, use_hash, mask, strides
+    size = tl.load(row + _SIZE).to(tl.uint32)
+    return scale, shift, offset, use_hash, mask, size, strides
 
 
 @triton.jit
-def _fractions(xs, r, SMOOTH: tl.constexpr):
+def _position(x, scale, shift, FUSED: tl.constexpr):
+    """Cell origin (float) and fraction of one coordinate (SPEC §1.2 step 2).
+
+    gridcodes (align-corners): ``p = x scale`` with scale = r - 1, origin clamped to r - 2.
+    FUSED (tcnn, torch-ngp; docs/tcnn.md): ``p = x scale + shift`` rounded once, as a fused
+    multiply-add: in float64 (exact for float32 operands) and rounded to the compute
+    dtype, so the interpreter and every GPU agree bit for bit; the origin is not clamped.
+    """
+    if FUSED:
+        p = (x.to(tl.float64) * scale.to(tl.float64) + shift.to(tl.float64)).to(x.dtype)
+        i = tl.floor(p)
+    else:
+        p = x * scale
+        i = tl.minimum(tl.floor(p), scale - 1.0)
+    return i, p - i
+
+
+@triton.jit
+def _fractions(xs, scale, shift, SMOOTH: tl.constexpr, FUSED: tl.constexpr):
     """SPEC §1.2 steps 2 and 4 for every dimension of sanitized coordinates ``xs``.
 
     Returns D-tuples: cell origin ``i`` (int32), weight factor ``s`` of the upper corner,
-    its complement ``1 - s`` and ``ds/df``.
+    its complement ``1 - s``, ``ds/df`` and ``d2s/df2`` (smoothstep; linear: 0, unused).
     """
-    r_minus_1 = (r - 1).to(xs[0].dtype)
     origin = ()
     upper = ()
     lower = ()
     slope = ()
+    curve = ()
     for k in tl.static_range(len(xs)):
-        p = xs[k] * r_minus_1
-        i = tl.minimum(tl.floor(p), r_minus_1 - 1.0)
-        f = p - i
+        i, f = _position(xs[k], scale, shift, FUSED)
         if SMOOTH:
             s = f * f * (3.0 - 2.0 * f)
             ds_df = 6.0 * f * (1.0 - f)
+            curve = curve + (6.0 - 12.0 * f,)
         else:
             s = f
             ds_df = tl.full(f.shape, 1.0, f.dtype)
+            curve = curve + (f * 0.0,)
         origin = origin + (i.to(tl.int32),)
         upper = upper + (s,)
         lower = lower + (1.0 - s,)
         slope = slope + (ds_df,)
-    return origin, upper, lower, slope
+    return origin, upper, lower, slope, curve
 
 
 @triton.jit
@@ -99,12 +122,25 @@ def _index_terms(origin, strides):
 
 
 @triton.jit
-def _corner(c: tl.constexpr, upper, lower, lo_term, hi_term, offset, use_hash, mask):
+def _corner(
+    c: tl.constexpr,
+    upper,
+    lower,
+    lo_term,
+    hi_term,
+    offset,
+    use_hash,
+    mask,
+    size,
+    REDUCE: tl.constexpr,
+):
     """Corner ``c`` (bit k = upper along dimension k): factors (D-tuple), weight, table row.
 
     SPEC §1.2 step 3: ``index = combine_k(c_k * stride_k) & mask`` in wrapping uint32,
-    combine = XOR (hash) or + (dense / tiled); gridcodes.levels.level_table says why
-    this is exact for every grid type. Step 4: the weight is the product of factors.
+    combine = XOR (hash) or + (dense / tiled), then brought below ``size`` as REDUCE says
+    (0: nothing left to do; 1: subtract size once; 2: modulo size; gridcodes.levels says
+    why this is exact for every grid type and convention). Step 4: the weight is the
+    product of factors.
     """
     factors = ()
     for k in tl.static_range(len(upper)):
@@ -122,14 +158,29 @@ def _corner(c: tl.constexpr, upper, lower, lo_term, hi_term, offset, use_hash, m
         summed = summed + term
         hashed = hashed ^ term
     index = tl.where(use_hash, hashed, summed) & mask
+    if REDUCE == 1:
+        index = tl.where(index >= size, index - size, index)
+    elif REDUCE == 2:
+        index = index % size
     return factors, weight, offset + index.to(tl.int32)
+
+
+@triton.jit
+def _directions(hx_ptr, raw, point_group, live, D: tl.constexpr, COMPUTE: tl.constexpr):
+    """Upstream gradient h of dL/dx (a D-tuple), 0 where the raw coordinate was outside
+    [0, 1] or not finite (dL/dx is 0 there, whatever the table)."""
+    hs = ()
+    for k in tl.static_range(D):
+        h = tl.load(hx_ptr + point_group * D + k, mask=live, other=0.0).to(COMPUTE)
+        hs = hs + (tl.where((raw[k] >= 0.0) & (raw[k] <= 1.0), h, 0.0),)
+    return hs
 
 
 @triton.jit
 def grid_forward_kernel(
     x_ptr,  # (N, G, D) coordinates, float16/bfloat16/float32/float64
     params_ptr,  # (G, E, F) feature table
-    meta_ptr,  # (L, 4 + D) int64 level table
+    meta_ptr,  # (L, 7 + D) int64 level table
     y_ptr,  # (N, G, L * F) output features, params dtype
     N,  # number of points
     G,  # number of groups
@@ -138,6 +189,8 @@ def grid_forward_kernel(
     D: tl.constexpr,  # in_dim
     F: tl.constexpr,  # features per entry
     SMOOTH: tl.constexpr,  # smoothstep instead of linear weights
+    FUSED: tl.constexpr,  # tcnn / torch-ngp position x * scale + shift (see _position)
+    REDUCE: tl.constexpr,  # how indices are brought below the level size (see _corner)
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
     BLOCK: tl.constexpr,  # points per program
     LEVELS: tl.constexpr,  # levels per program
@@ -157,12 +210,14 @@ def grid_forward_kernel(
     table = params_ptr + g.to(tl.int64) * E * F
     out = y_ptr + (n[:, None] * G + g) * (L * F) + j[None, :]
     for level in range(first, tl.minimum(first + LEVELS, L)):
-        r, offset, use_hash, mask, strides = _level(meta_ptr, level, D)
-        origin, upper, lower, _ = _fractions(xs, r, SMOOTH)
+        scale, shift, offset, use_hash, mask, size, strides = _level(meta_ptr, level, D, COMPUTE)
+        origin, upper, lower, _, _ = _fractions(xs, scale, shift, SMOOTH, FUSED)
         lo_term, hi_term = _index_terms(origin, strides)
         acc = tl.zeros((BLOCK, F), COMPUTE)
         for c in tl.static_range(2**D):
-            _, w, row = _corner(c, upper, lower, lo_term, hi_term, offset, use_hash, mask)
+            _, w, row = _corner(
+                c, upper, lower, lo_term, hi_term, offset, use_hash, mask, size, REDUCE
+            )
             v = tl.load(table + row[:, None] * F + j[None, :], mask=live[:, None], other=0.0)
             acc += w[:, None] * v.to(COMPUTE)
         tl.store(out + level * F, acc, mask=live[:, None])
@@ -172,7 +227,8 @@ def grid_forward_kernel(
 # corner c, the lookup y_l = sum_c w_c P_c with w_c = prod_k (b_k ? s_k : 1 - s_k) gives
 #   dL/dP_c  += w_c g_l                                               (scatter)
 #   dL/ds_k   = sum_c (b_k ? +1 : -1) prod_{m != k} (b_m ? s_m : 1 - s_m) <P_c, g_l>
-#   dL/dx_k   = sum_l (r_l - 1) (ds_k/df_k) dL/ds_k,   since f = x (r - 1) - i
+#   dL/dx_k   = sum_l a_l (ds_k/df_k) dL/ds_k,   since f = x a_l + shift - i
+# with a_l the level's position scale (r_l - 1 in the gridcodes convention)
 # and dL/dx_k is set to 0 where x_k was outside [0, 1] or not finite. The cell is the
 # one the forward chose, so at x = 0 and x = 1 the gradient is that inside the
 # boundary cell. Levels are looped inside the program so dL/dx is summed in
@@ -181,7 +237,7 @@ def grid_forward_kernel(
 def grid_backward_kernel(
     x_ptr,  # (N, G, D) coordinates
     params_ptr,  # (G, E, F) feature table
-    meta_ptr,  # (L, 4 + D) int64 level table
+    meta_ptr,  # (L, 7 + D) int64 level table
     dy_ptr,  # (N, G, L * F) upstream gradient
     dparams_ptr,  # (G, E, F) float32/float64 accumulator, atomically added (PARAM_GRAD)
     replicas_ptr,  # (REPLICAS, G, COARSE, F) accumulators of rows < COARSE (REPLICAS > 1)
@@ -194,6 +250,8 @@ def grid_backward_kernel(
     D: tl.constexpr,  # in_dim
     F: tl.constexpr,  # features per entry
     SMOOTH: tl.constexpr,  # smoothstep instead of linear weights
+    FUSED: tl.constexpr,  # tcnn / torch-ngp position x * scale + shift (see _position)
+    REDUCE: tl.constexpr,  # how indices are brought below the level size (see _corner)
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
     PARAM_GRAD: tl.constexpr,  # scatter w * dy into dparams with atomics
     INPUT_GRAD: tl.constexpr,  # compute dL/dx
@@ -216,8 +274,8 @@ def grid_backward_kernel(
     replica = (tl.program_id(0) % REPLICAS).to(tl.int64) * G + g
     grad_coarse = replicas_ptr + replica * COARSE * F
     for level in range(L):
-        r, offset, use_hash, mask, strides = _level(meta_ptr, level, D)
-        origin, upper, lower, slope = _fractions(xs, r, SMOOTH)
+        scale, shift, offset, use_hash, mask, size, strides = _level(meta_ptr, level, D, COMPUTE)
+        origin, upper, lower, slope, _ = _fractions(xs, scale, shift, SMOOTH, FUSED)
         lo_term, hi_term = _index_terms(origin, strides)
         dy_ptrs = dy_ptr + (n[:, None] * G + g) * (L * F) + level * F + j[None, :]
         dy = tl.load(dy_ptrs, mask=live[:, None], other=0.0).to(COMPUTE)
@@ -225,7 +283,9 @@ def grid_backward_kernel(
         for k in tl.static_range(D):
             dl_ds = dl_ds + (tl.zeros((BLOCK,), COMPUTE),)
         for c in tl.static_range(2**D):
-            factors, w, row = _corner(c, upper, lower, lo_term, hi_term, offset, use_hash, mask)
+            factors, w, row = _corner(
+                c, upper, lower, lo_term, hi_term, offset, use_hash, mask, size, REDUCE
+            )
             if PARAM_GRAD:
                 # Relaxed: the sum needs atomicity, not ordering. The default (acq_rel)
                 # fences every add and invalidates L1, which also evicts the rows the
@@ -258,7 +318,6 @@ def grid_backward_kernel(
                         updated = updated + (dl_ds[k] - others,)
                 dl_ds = updated
         if INPUT_GRAD:
-            scale = (r - 1).to(COMPUTE)
             updated = ()
             for k in tl.static_range(D):
                 updated = updated + (dx[k] + scale * slope[k] * dl_ds[k],)
@@ -270,6 +329,139 @@ def grid_backward_kernel(
         for k in tl.static_range(D):
             inside = (raw[k] >= 0.0) & (raw[k] <= 1.0)  # False for NaN
             tl.store(dx_ptr + (n * G + g) * D + k, tl.where(inside, dx[k], 0.0), mask=live)
+
+
+# Double backward (docs/tcnn.md, "Second-order gradients"). The backward above maps
+# (g, x, P) to dL/dx and dL/dP. Let h_k be the upstream gradient of dL/dx_k, set to 0 where
+# x_k was outside [0, 1] (dL/dx_k is 0 there). Per level, with a the position scale,
+# s'_k = ds_k/df_k, s''_k = d2s_k/df_k2 (0 for linear), fac_k(c) = (b_k ? s_k : 1 - s_k)
+# and sigma_k(c) = (b_k ? +1 : -1):
+#   dw_c/dx_k   = a s'_k sigma_k prod_{o != k} fac_o
+#   v_c         = sum_k h_k dw_c/dx_k = sum_k sigma_k t_k prod_{o != k} fac_o,  t_k = h_k a s'_k
+#   d/dg_l      = sum_c v_c P_c                                  (a lookup with weights v)
+#   d/dP_c     += v_c g_l                                         (scatter)
+#   d/dx_m      = sum_l sum_c <P_c, g_l> sum_k h_k d2w_c/(dx_m dx_k)
+#               = sum_l a sum_c <P_c, g_l> sigma_m [a s''_m h_m prod_{o != m} fac_o
+#                                 + s'_m sum_{k != m} sigma_k t_k prod_{o != m, k} fac_o]
+# since w is linear in each s_k: the diagonal k = m keeps only the s'' term (none for
+# linear interpolation), the cross terms k != m do not vanish. d/dx_m is 0 where x_m was
+# outside [0, 1]. The upstream gradient H of dL/dP adds a lookup of H (to d/dg) and the
+# backward's dL/dx with H as the table (to d/dx): the kernels above, ops.double_backward.
+@triton.jit
+def grid_double_backward_kernel(
+    x_ptr,  # (N, G, D) coordinates
+    params_ptr,  # (G, E, F) feature table
+    meta_ptr,  # (L, 7 + D) int64 level table
+    dy_ptr,  # (N, G, L * F) the first backward's upstream gradient g
+    hx_ptr,  # (N, G, D) upstream gradient h of the first backward's dL/dx
+    ddy_ptr,  # (N, G, L * F) d/dg, dy dtype, overwritten (DY_GRAD)
+    dparams_ptr,  # (G, E, F) float32/float64 accumulator, atomically added (PARAM_GRAD)
+    replicas_ptr,  # (REPLICAS, G, COARSE, F) accumulators of rows < COARSE (REPLICAS > 1)
+    dx_ptr,  # (N, G, D) d/dx, x dtype, overwritten (INPUT_GRAD)
+    N,  # number of points
+    G,  # number of groups
+    E,  # table rows per group
+    L,  # number of levels
+    COARSE,  # rows [0, COARSE) of each group: the small coarse levels
+    D: tl.constexpr,  # in_dim
+    F: tl.constexpr,  # features per entry
+    SMOOTH: tl.constexpr,  # smoothstep instead of linear weights
+    FUSED: tl.constexpr,  # tcnn / torch-ngp position x * scale + shift (see _position)
+    REDUCE: tl.constexpr,  # how indices are brought below the level size (see _corner)
+    COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
+    DY_GRAD: tl.constexpr,  # compute d/dg
+    PARAM_GRAD: tl.constexpr,  # scatter v * g into dparams with atomics
+    INPUT_GRAD: tl.constexpr,  # compute d/dx
+    REPLICAS: tl.constexpr,  # copies of the coarse rows' accumulator (1: none)
+    BLOCK: tl.constexpr,  # points per program
+):
+    g = tl.program_id(1)
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = n < N
+    j = tl.arange(0, F)
+    point_group = n * G + g
+    raw = _load_coords(x_ptr, point_group, live, D, COMPUTE)
+    xs = _sanitize(raw)
+    hs = _directions(hx_ptr, raw, point_group, live, D, COMPUTE)
+    dx = ()
+    for k in tl.static_range(D):
+        dx = dx + (tl.zeros((BLOCK,), COMPUTE),)
+    table = params_ptr + g.to(tl.int64) * E * F
+    grad_table = dparams_ptr + g.to(tl.int64) * E * F
+    replica = (tl.program_id(0) % REPLICAS).to(tl.int64) * G + g
+    grad_coarse = replicas_ptr + replica * COARSE * F
+    for level in range(L):
+        scale, shift, offset, use_hash, mask, size, strides = _level(meta_ptr, level, D, COMPUTE)
+        origin, upper, lower, slope, curve = _fractions(xs, scale, shift, SMOOTH, FUSED)
+        lo_term, hi_term = _index_terms(origin, strides)
+        t = ()
+        for k in tl.static_range(D):
+            t = t + (hs[k] * scale * slope[k],)
+        level_ptrs = point_group[:, None] * (L * F) + level * F + j[None, :]
+        dy = tl.load(dy_ptr + level_ptrs, mask=live[:, None], other=0.0).to(COMPUTE)
+        acc = tl.zeros((BLOCK, F), COMPUTE)
+        updated = dx
+        for c in tl.static_range(2**D):
+            factors, _, row = _corner(
+                c, upper, lower, lo_term, hi_term, offset, use_hash, mask, size, REDUCE
+            )
+            v = tl.zeros((BLOCK,), COMPUTE)
+            for k in tl.static_range(D):
+                term = t[k]
+                for o in tl.static_range(D):
+                    if o != k:
+                        term = term * factors[o]
+                v = v + term if (c >> k) & 1 else v - term
+            if DY_GRAD or INPUT_GRAD:
+                p = tl.load(table + row[:, None] * F + j[None, :], mask=live[:, None], other=0.0)
+                p = p.to(COMPUTE)
+            if DY_GRAD:
+                acc += v[:, None] * p
+            if PARAM_GRAD:
+                # As the backward's scatter: relaxed reductions, two masked adds.
+                offsets = row[:, None] * F + j[None, :]
+                fine = live
+                if REPLICAS > 1:
+                    coarse = live & (row < COARSE)
+                    fine = live & (row >= COARSE)
+                    tl.atomic_add(
+                        grad_coarse + offsets, v[:, None] * dy, mask=coarse[:, None], sem="relaxed"
+                    )
+                tl.atomic_add(
+                    grad_table + offsets, v[:, None] * dy, mask=fine[:, None], sem="relaxed"
+                )
+            if INPUT_GRAD:
+                dot = tl.sum(p * dy, 1) * scale
+                summed = ()
+                for m in tl.static_range(D):
+                    cross = tl.zeros((BLOCK,), COMPUTE)
+                    for k in tl.static_range(D):
+                        if k != m:
+                            term = t[k]
+                            for o in tl.static_range(D):
+                                if o != m and o != k:
+                                    term = term * factors[o]
+                            cross = cross + term if (c >> k) & 1 else cross - term
+                    inner = slope[m] * cross
+                    if SMOOTH:
+                        diagonal = scale * curve[m] * hs[m]
+                        for o in tl.static_range(D):
+                            if o != m:
+                                diagonal = diagonal * factors[o]
+                        inner = inner + diagonal
+                    if (c >> m) & 1:
+                        summed = summed + (updated[m] + dot * inner,)
+                    else:
+                        summed = summed + (updated[m] - dot * inner,)
+                updated = summed
+        dx = updated
+        if DY_GRAD:
+            tl.store(ddy_ptr + level_ptrs, acc, mask=live[:, None])
+    if INPUT_GRAD:
+        raw = _load_coords(x_ptr, point_group, live, D, COMPUTE)  # reloaded, as the backward
+        for k in tl.static_range(D):
+            inside = (raw[k] >= 0.0) & (raw[k] <= 1.0)  # False for NaN
+            tl.store(dx_ptr + point_group * D + k, tl.where(inside, dx[k], 0.0), mask=live)
 
 
 # Deterministic parameter gradient (SPEC §1.3). Atomics add in a run-dependent order, so
@@ -284,13 +476,15 @@ def grid_backward_kernel(
 @triton.jit
 def grid_contribution_rows_kernel(
     x_ptr,  # (N, G, D) coordinates
-    meta_ptr,  # (L, 4 + D) int64 level table
+    meta_ptr,  # (L, 7 + D) int64 level table
     rows_ptr,  # (L * 2**D * N * G,) int32 output, see below
     N,  # number of points
     G,  # number of groups
     E,  # table rows per group
     L,  # number of levels
     D: tl.constexpr,  # in_dim
+    FUSED: tl.constexpr,  # tcnn / torch-ngp position x * scale + shift (see _position)
+    REDUCE: tl.constexpr,  # how indices are brought below the level size (see _corner)
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
     BLOCK: tl.constexpr,  # points per program
 ):
@@ -305,11 +499,13 @@ def grid_contribution_rows_kernel(
     xs = _sanitize(_load_coords(x_ptr, point_group, live, D, COMPUTE))
     n_points = tl.cast(N, tl.int64) * G  # tl.cast: N == 1 arrives as a constant, not a tensor
     for level in range(L):
-        r, offset, use_hash, mask, strides = _level(meta_ptr, level, D)
-        origin, upper, lower, _ = _fractions(xs, r, False)
+        scale, shift, offset, use_hash, mask, size, strides = _level(meta_ptr, level, D, COMPUTE)
+        origin, upper, lower, _, _ = _fractions(xs, scale, shift, False, FUSED)
         lo_term, hi_term = _index_terms(origin, strides)
         for c in tl.static_range(2**D):
-            _, _, row = _corner(c, upper, lower, lo_term, hi_term, offset, use_hash, mask)
+            _, _, row = _corner(
+                c, upper, lower, lo_term, hi_term, offset, use_hash, mask, size, REDUCE
+            )
             contribution = (level * (2**D) + c) * n_points + point_group
             tl.store(rows_ptr + contribution, g * E + row, mask=live)
 
@@ -337,8 +533,9 @@ def _segmented_scan(value, start, CHUNK: tl.constexpr):
 @triton.jit
 def grid_chunk_sum_kernel(
     x_ptr,  # (N, G, D) coordinates
-    meta_ptr,  # (L, 4 + D) int64 level table
+    meta_ptr,  # (L, 7 + D) int64 level table
     dy_ptr,  # (N, G, L * F) upstream gradient
+    hx_ptr,  # (N, G, D) upstream gradient of dL/dx (DIRECTIONAL), else unused
     rows_ptr,  # (M,) int32 flat table rows of the contributions, sorted
     order_ptr,  # (M,) int64 contribution ids in sorted order (ids as in the rows kernel)
     dparams_ptr,  # (G * E, F) float32/float64: rows whose contributions all lie in one chunk
@@ -352,10 +549,12 @@ def grid_chunk_sum_kernel(
     D: tl.constexpr,  # in_dim
     F: tl.constexpr,  # features per entry
     SMOOTH: tl.constexpr,  # smoothstep instead of linear weights
+    FUSED: tl.constexpr,  # tcnn / torch-ngp position x * scale + shift (see _position)
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
     CHUNK: tl.constexpr,  # contributions per program; fixes the summation order
+    DIRECTIONAL: tl.constexpr,  # weights v_c of the double backward instead of w_c
 ):
-    """Segmented sums of w * dy over one chunk of the sorted contributions."""
+    """Segmented sums of w * dy (or v * dy) over one chunk of the sorted contributions."""
     chunk = tl.program_id(0)
     pos = chunk.to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     live = pos < M
@@ -368,12 +567,27 @@ def grid_chunk_sum_kernel(
     point_group = contribution % NG
     level = contribution // NG // (2**D)
     corner = (contribution // NG) % (2**D)
-    r = tl.load(meta_ptr + level * (_STRIDES + D) + _RESOLUTION, mask=live, other=2)
-    xs = _sanitize(_load_coords(x_ptr, point_group, live, D, COMPUTE))
-    _, upper, lower, _ = _fractions(xs, r, SMOOTH)
-    w = tl.full((CHUNK,), 1.0, COMPUTE)
+    row_ptr = meta_ptr + level * (_STRIDES + D)
+    scale = tl.load(row_ptr + _SCALE, mask=live, other=0).to(tl.float64, bitcast=True).to(COMPUTE)
+    shift = tl.load(row_ptr + _SHIFT, mask=live, other=0).to(tl.float64, bitcast=True).to(COMPUTE)
+    raw = _load_coords(x_ptr, point_group, live, D, COMPUTE)
+    _, upper, lower, slope, _ = _fractions(_sanitize(raw), scale, shift, SMOOTH, FUSED)
+    factors = ()
     for k in tl.static_range(D):
-        w = w * tl.where((corner >> k) & 1 == 1, upper[k], lower[k])
+        factors = factors + (tl.where((corner >> k) & 1 == 1, upper[k], lower[k]),)
+    if DIRECTIONAL:  # v_c = sum_k h_k dw_c/dx_k (see grid_double_backward_kernel)
+        hs = _directions(hx_ptr, raw, point_group, live, D, COMPUTE)
+        w = tl.zeros((CHUNK,), COMPUTE)
+        for k in tl.static_range(D):
+            term = hs[k] * scale * slope[k]
+            for o in tl.static_range(D):
+                if o != k:
+                    term = term * factors[o]
+            w = tl.where((corner >> k) & 1 == 1, w + term, w - term)
+    else:
+        w = factors[0]
+        for k in tl.static_range(1, D):
+            w = w * factors[k]
     j = tl.arange(0, F)
     dy_ptrs = dy_ptr + point_group[:, None] * (L * F) + level[:, None] * F + j[None, :]
     value = w[:, None] * tl.load(dy_ptrs, mask=live[:, None], other=0.0).to(COMPUTE)

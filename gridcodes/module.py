@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from . import cpu, ops, usage
+from . import cpu, ops, tcnn, usage
 from .levels import GridConfig, level_table
 from .reference import compute_dtype, grid_encode_reference
 
@@ -60,6 +60,15 @@ class MultiResGrid(nn.Module):
         deterministic: bitwise-reproducible table gradients on the Triton backend (slower);
             also on while ``torch.use_deterministic_algorithms(True)`` is. The ``"cpu"`` and
             ``"torch"`` backends are always reproducible.
+        convention: ``"gridcodes"`` (align-corners, SPEC §1.2; the default), ``"tcnn"`` or
+            ``"torch-ngp"``: those libraries' positions, resolutions, sizes and hashing
+            (docs/tcnn.md); the resolutions then follow from ``base_resolution`` and
+            ``per_level_scale`` (``max_resolution`` and ``resolutions`` are not used).
+            :meth:`from_tcnn` builds one from tcnn's JSON config.
+        per_level_scale: growth of the position scale per level (tcnn / torch-ngp only).
+
+    Every backend supports second-order gradients (the gradient of dL/dx w.r.t. the table,
+    x and dL/dy, as an eikonal loss needs); third-order gradients raise.
     """
 
     def __init__(
@@ -76,6 +85,8 @@ class MultiResGrid(nn.Module):
         interpolation: str = "linear",
         backend: str = "auto",
         deterministic: bool = False,
+        convention: str = "gridcodes",
+        per_level_scale: float | None = None,
     ) -> None:
         super().__init__()
         self.config = GridConfig(
@@ -89,6 +100,8 @@ class MultiResGrid(nn.Module):
             resolutions=resolutions,
             grid_type=grid_type,
             interpolation=interpolation,
+            convention=convention,
+            per_level_scale=per_level_scale,
         )
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -103,6 +116,45 @@ class MultiResGrid(nn.Module):
         self.register_buffer("level_table", level_table(self.config), persistent=False)
         self._coarse_rows = ops.coarse_rows(self.config.level_sizes)
         self._cpu_geometry: dict[tuple, cpu.Geometry] = {}
+
+    @classmethod
+    def from_tcnn(
+        cls,
+        n_input_dims: int,
+        encoding_config: Mapping,
+        n_groups: int = 1,
+        backend: str = "auto",
+        deterministic: bool = False,
+    ) -> MultiResGrid:
+        """A grid with tiny-cuda-nn's semantics, from its encoding config (docs/tcnn.md).
+
+        ``encoding_config`` is tcnn's JSON as a dict: ``otype`` HashGrid / DenseGrid /
+        TiledGrid (or Grid with ``type``), ``n_levels``, ``n_features_per_level``,
+        ``log2_hashmap_size``, ``base_resolution``, ``per_level_scale``, ``interpolation``
+        (Linear / Smoothstep), with tcnn's defaults. Its levels, positions
+        (``x * scale + 0.5``), hash and parameter layout are tcnn's, so a trained tcnn
+        encoding loads with :meth:`load_tcnn_params` and gives tcnn's outputs::
+
+            # before: enc = tcnn.Encoding(3, config); y = enc(x)      x (N, 3) -> (N, L*F)
+            grid = MultiResGrid.from_tcnn(3, config)
+            grid.load_tcnn_params(state_dict["field.mlp_base_grid.tcnn_encoding.params"])
+            y = grid(x[:, None, :])[:, 0]                          # x (N, 3) -> (N, L*F)
+
+        The input has a group axis, ``(..., n_groups, n_input_dims)``;
+        ``gridcodes.tcnn.Encoding`` keeps tcnn's (N, d) -> (N, L*F) call and flat params.
+        Coordinates outside [0, 1] are clamped (tcnn wraps them around).
+        """
+        kwargs = tcnn.grid_arguments(n_input_dims, encoding_config)
+        return cls(**kwargs, n_groups=n_groups, backend=backend, deterministic=deterministic)
+
+    def load_tcnn_params(self, flat: torch.Tensor) -> None:
+        """Load tcnn's flat parameter vector, (n_params,) or (n_groups, n_params)."""
+        tcnn.load_params(self, flat)
+
+    def tcnn_params(self) -> torch.Tensor:
+        """The table in tcnn's flat layout: (n_params,) for one group, else (n_groups, n_params)."""
+        flat = self.params.detach().reshape(self.config.n_groups, -1)
+        return flat[0] if self.config.n_groups == 1 else flat
 
     # --- geometry -------------------------------------------------------------------------
     @property
@@ -143,14 +195,18 @@ class MultiResGrid(nn.Module):
         for a float64 table), the output has the table's dtype and the gradients those of
         their inputs; the layers after the grid autocast as usual.
         """
-        self._check_input(x)
+        return self.lookup(x, self.params)
+
+    def lookup(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with another table ``params`` (n_groups, n_entries, n_features)."""
+        self._check_input(x, params)
         device = x.device.type
         if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
             with torch.autocast(device, enabled=False):
-                return self._lookup(x)
-        return self._lookup(x)
+                return self._lookup(x, params)
+        return self._lookup(x, params)
 
-    def _lookup(self, x: torch.Tensor) -> torch.Tensor:
+    def _lookup(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         c = self.config
         flat = x.reshape(-1, c.n_groups, c.in_dim)
         if self.backend == "auto" and x.device.type == "cuda":
@@ -158,21 +214,28 @@ class MultiResGrid(nn.Module):
         backend = self.resolved_backend(x.device)
         if backend == "cpu":
             self._check_cpu_device(x)
-            y = cpu.grid_encode_cpu(flat, self.params, self._geometry(x.device))
+            y = cpu.grid_encode_cpu(flat, params, self._geometry(x.device, params.dtype))
         elif backend == "triton":
             self._check_triton_device(x)
             deterministic = self.deterministic or torch.are_deterministic_algorithms_enabled()
             smoothstep = c.interpolation == "smoothstep"
             y = ops.grid_encode(
-                flat, self.params, self.level_table, smoothstep, deterministic, self._coarse_rows
+                flat,
+                params,
+                self.level_table,
+                smoothstep,
+                c.convention != "gridcodes",
+                c.index_reduction,
+                deterministic,
+                self._coarse_rows,
             )
         else:
-            y = grid_encode_reference(flat, self.params, c)
+            y = grid_encode_reference(flat, params, c)
         return y.reshape(*x.shape[:-2], c.n_groups, self.out_features)
 
-    def _geometry(self, device: torch.device) -> cpu.Geometry:
-        """The CPU backend's per-level constants, built once per device and dtype."""
-        key = (device, compute_dtype(self.params))
+    def _geometry(self, device: torch.device, dtype: torch.dtype | None = None) -> cpu.Geometry:
+        """The CPU backend's per-level constants, built once per device and table dtype."""
+        key = (device, compute_dtype(self.params if dtype is None else torch.empty(0, dtype=dtype)))
         if key not in self._cpu_geometry:
             self._cpu_geometry[key] = cpu.geometry(self.config, *key)
         return self._cpu_geometry[key]
@@ -188,8 +251,9 @@ class MultiResGrid(nn.Module):
                 stacklevel=4,
             )
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def _check_input(self, x: torch.Tensor, params: torch.Tensor | None = None) -> None:
         c = self.config
+        params = self.params if params is None else params
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in INPUT_DTYPES:
@@ -199,15 +263,16 @@ class MultiResGrid(nn.Module):
                 f"x must have shape (..., n_groups={c.n_groups}, in_dim={c.in_dim}), "
                 f"got {tuple(x.shape)}"
             )
-        if x.device != self.params.device:
+        if x.device != params.device:
             raise ValueError(
-                f"x is on {x.device} but the grid's params are on {self.params.device}; "
+                f"x is on {x.device} but the grid's params are on {params.device}; "
                 "move one of them (gridcodes never copies across devices silently)"
             )
-        if self.params.dtype not in PARAM_DTYPES:
-            raise TypeError(
-                f"params must be floating point {PARAM_DTYPES}, got {self.params.dtype}"
-            )
+        if params.dtype not in PARAM_DTYPES:
+            raise TypeError(f"params must be floating point {PARAM_DTYPES}, got {params.dtype}")
+        expected = (c.n_groups, c.n_entries, c.n_features)
+        if tuple(params.shape) != expected:
+            raise ValueError(f"params must have shape {expected}, got {tuple(params.shape)}")
 
     def _check_cpu_device(self, x: torch.Tensor) -> None:
         if x.device.type != "cpu":
@@ -276,15 +341,18 @@ class MultiResGrid(nn.Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        resolved = self.resolved_backend()
+        device = self.level_table.device  # params may be held elsewhere (tcnn.Encoding)
+        resolved = self.resolved_backend(device)
         backend = repr(self.backend) + (f" -> {resolved!r}" if resolved != self.backend else "")
-        if self.params.device.type == "cuda" and resolved == "torch" and self.backend == "auto":
+        if device.type == "cuda" and resolved == "torch" and self.backend == "auto":
             backend += f" (Triton unsupported: {triton_unsupported(self.config)})"
+        n_params = c.n_groups * c.n_entries * c.n_features
+        convention = f", convention={c.convention!r}" if c.convention != "gridcodes" else ""
         return (
             f"in_dim={c.in_dim}, n_groups={c.n_groups}, n_levels={c.n_levels}, "
             f"n_features={c.n_features}, grid_type={c.grid_type!r}, "
             f"interpolation={c.interpolation!r}, table_size=2**{c.log2_table_size}, "
             f"resolutions={c.resolutions[0]}..{c.resolutions[-1]}, "
-            f"params={self.params.numel():,}, backend={backend}"
+            f"params={n_params:,}, backend={backend}{convention}"
             + (", deterministic=True" if self.deterministic else "")
         )

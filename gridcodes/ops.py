@@ -1,8 +1,9 @@
 """Launchers of the Triton kernels and their registration as ``torch.library`` custom ops.
 
-``gridcodes::grid_encode`` (forward) and ``gridcodes::grid_encode_backward`` are opaque
-to ``torch.compile`` (no graph break) and carry fake-tensor kernels for tracing.
-Double backward is not supported: differentiating the backward op raises.
+``gridcodes::grid_encode`` (forward), ``gridcodes::grid_encode_backward`` and
+``gridcodes::grid_encode_double_backward`` are opaque to ``torch.compile`` (no graph
+break) and carry fake-tensor kernels for tracing. The backward op is differentiable
+(second-order gradients, docs/tcnn.md); differentiating the double backward raises.
 
 Launchers assume the module already validated shapes, dtypes and devices; they only
 prepare contiguous buffers and launch.
@@ -47,6 +48,7 @@ class LaunchConfig:
 TUNING = {
     "forward": LaunchConfig(256 if INTERPRET else 128, levels=1),
     "backward": LaunchConfig(256 if INTERPRET else 128),
+    "double_backward": LaunchConfig(256 if INTERPRET else 128),
     "rows": LaunchConfig(256 if INTERPRET else 128),
     "combine": LaunchConfig(256 if INTERPRET else 128),
 }
@@ -88,15 +90,22 @@ def _run(kernel, grid: tuple, args: tuple, kwargs: dict) -> None:
     kernel[grid](*args, **kwargs)
 
 
-def _constants(x: torch.Tensor, params: torch.Tensor) -> dict:
+def _constants(x: torch.Tensor, params: torch.Tensor, fused: bool = False, reduce: int = 0) -> dict:
+    """Compile-time constants of a launch: in_dim, computation dtype, and the level geometry's
+    position rule (FUSED) and index reduction (REDUCE), see kernels._position / _corner."""
     return {
         "D": x.shape[-1],
         "COMPUTE": tl.float64 if params.dtype == torch.float64 else tl.float32,
+        "FUSED": fused,
+        "REDUCE": reduce,
     }
 
 
-def forward(x, params, table, smoothstep: bool) -> torch.Tensor:
-    """Launch the lookup. x (N, G, D), params (G, E, F), table (L, 4 + D) int64 -> (N, G, L*F)."""
+def forward(x, params, table, smoothstep: bool, fused: bool = False, reduce: int = 0):
+    """Launch the lookup. x (N, G, D), params (G, E, F), table (L, 7 + D) int64 -> (N, G, L*F).
+
+    ``fused`` and ``reduce`` describe the level geometry (``GridConfig.convention`` not
+    "gridcodes", ``GridConfig.index_reduction``)."""
     n_points, n_groups, _ = x.shape
     n_levels = table.shape[0]
     n_features = params.shape[-1]
@@ -121,12 +130,24 @@ def forward(x, params, table, smoothstep: bool) -> torch.Tensor:
         BLOCK=tune.block,
         LEVELS=tune.levels,
         num_warps=tune.num_warps,
-        **_constants(x, params),
+        **_constants(x, params, fused, reduce),
     )
     return y
 
 
-def backward(dy, x, params, table, smoothstep, need_dx, need_dparams, deterministic, coarse=0):
+def backward(
+    dy,
+    x,
+    params,
+    table,
+    smoothstep,
+    need_dx,
+    need_dparams,
+    deterministic,
+    coarse=0,
+    fused=False,
+    reduce=0,
+):
     """Launch the backward: (dL/dx or empty, dL/dparams or empty), see grid_encode_backward."""
     n_points, n_groups, _ = x.shape
     n_levels = table.shape[0]
@@ -137,7 +158,7 @@ def backward(dy, x, params, table, smoothstep, need_dx, need_dparams, determinis
     acc_shape = params.shape if need_dparams else (0,)
     acc = torch.zeros(acc_shape, dtype=compute_dtype(params), device=params.device)
     atomic = need_dparams and not deterministic
-    constants = _constants(x, params)
+    constants = _constants(x, params, fused, reduce)
     n_replicas = min(MAX_REPLICAS, n_points // REPLICA_POINTS) if atomic else 0
     if n_replicas < 2 or coarse == 0:
         n_replicas, coarse = 1, 0
@@ -176,8 +197,11 @@ def backward(dy, x, params, table, smoothstep, need_dx, need_dparams, determinis
     return dx, dparams
 
 
-def sorted_scatter(dy, x, table, acc, smoothstep, constants) -> None:
-    """Deterministic dL/dparams into ``acc`` (zeros): one sort by row, chunked segmented sums."""
+def sorted_scatter(dy, x, table, acc, smoothstep, constants, hx=None) -> None:
+    """Deterministic dL/dparams into ``acc`` (zeros): one sort by row, chunked segmented sums.
+
+    With ``hx`` (N, G, D), the double backward's scatter of ``v * dy`` instead of ``w * dy``.
+    """
     n_points, n_groups, _ = x.shape
     n_levels = table.shape[0]
     n_rows, n_features = acc.shape[1:]
@@ -210,6 +234,7 @@ def sorted_scatter(dy, x, table, acc, smoothstep, constants) -> None:
         x,
         table,
         dy,
+        x if hx is None else hx.contiguous(),
         rows,
         order,
         acc,
@@ -223,7 +248,8 @@ def sorted_scatter(dy, x, table, acc, smoothstep, constants) -> None:
         F=n_features,
         SMOOTH=smoothstep,
         CHUNK=CHUNK,
-        **constants,
+        DIRECTIONAL=hx is not None,
+        **{k: v for k, v in constants.items() if k != "REDUCE"},
     )
     tune = TUNING["combine"]
     _launch(
@@ -242,25 +268,96 @@ def sorted_scatter(dy, x, table, acc, smoothstep, constants) -> None:
     )
 
 
+def double_backward(
+    hx,
+    dy,
+    x,
+    params,
+    table,
+    smoothstep,
+    fused,
+    reduce,
+    need_ddy,
+    need_dx,
+    need_dparams,
+    deterministic,
+    coarse=0,
+):
+    """Launch the double backward's terms in ``hx`` (the upstream gradient of dL/dx): d/d(dy)
+    or empty, d/dx or empty, d/dparams or empty (see kernels.grid_double_backward_kernel)."""
+    n_points, n_groups, _ = x.shape
+    n_levels = table.shape[0]
+    n_rows, n_features = params.shape[1:]
+    x, dy, hx = x.contiguous(), dy.contiguous(), hx.contiguous()
+    ddy = torch.empty_like(dy) if need_ddy else dy.new_empty(0)
+    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
+    acc_shape = params.shape if need_dparams else (0,)
+    acc = torch.zeros(acc_shape, dtype=compute_dtype(params), device=params.device)
+    atomic = need_dparams and not deterministic
+    constants = _constants(x, params, fused, reduce)
+    n_replicas = min(MAX_REPLICAS, n_points // REPLICA_POINTS) if atomic else 0
+    if n_replicas < 2 or coarse == 0:
+        n_replicas, coarse = 1, 0
+    replicas = acc.new_zeros(n_replicas, n_groups, coarse, n_features)
+    if n_points > 0 and (need_ddy or need_dx or atomic):
+        tune = TUNING["double_backward"]
+        _launch(
+            kernels.grid_double_backward_kernel,
+            (triton.cdiv(n_points, tune.block), n_groups),
+            x,
+            params.contiguous(),
+            table,
+            dy,
+            hx,
+            ddy,
+            acc,
+            replicas,
+            dx,
+            n_points,
+            n_groups,
+            n_rows,
+            n_levels,
+            coarse,
+            F=n_features,
+            SMOOTH=smoothstep,
+            DY_GRAD=need_ddy,
+            PARAM_GRAD=atomic,
+            INPUT_GRAD=need_dx,
+            REPLICAS=n_replicas,
+            BLOCK=tune.block,
+            num_warps=tune.num_warps,
+            **constants,
+        )
+    if n_replicas > 1:
+        acc[:, :coarse] += replicas.sum(0)
+    if need_dparams and deterministic and n_points > 0:
+        sorted_scatter(dy, x, table, acc, smoothstep, constants, hx=hx)
+    dparams = acc.to(params.dtype) if need_dparams else params.new_empty(0)
+    return ddy, dx, dparams
+
+
 @torch.library.custom_op("gridcodes::grid_encode", mutates_args=())
 def grid_encode(
     x: torch.Tensor,
     params: torch.Tensor,
     table: torch.Tensor,
     smoothstep: bool,
+    fused: bool,
+    reduce: int,
     deterministic: bool,
     coarse: int,
 ) -> torch.Tensor:
-    """Triton lookup. x (N, G, D), params (G, E, F), table (L, 4 + D) int64 -> (N, G, L*F).
+    """Triton lookup. x (N, G, D), params (G, E, F), table (L, 7 + D) int64 -> (N, G, L*F).
 
-    ``deterministic`` and ``coarse`` (see :func:`coarse_rows`) only affect the backward:
-    bitwise-reproducible dL/dparams, and which rows get replicated accumulators.
+    ``fused`` and ``reduce``: the level geometry (see :func:`forward`). ``deterministic``
+    and ``coarse`` (see :func:`coarse_rows`) only affect the backward: bitwise-reproducible
+    dL/dparams, and which rows get replicated accumulators.
     """
-    return forward(x, params, table, smoothstep)
+    return forward(x, params, table, smoothstep, fused, reduce)
 
 
 @grid_encode.register_fake
-def _(x, params, table, smoothstep, deterministic, coarse):
+def _(x, params, table, smoothstep, fused, reduce, deterministic, coarse):
     return params.new_empty(x.shape[0], x.shape[1], table.shape[0] * params.shape[-1])
 
 
@@ -271,26 +368,42 @@ def grid_encode_backward(
     params: torch.Tensor,
     table: torch.Tensor,
     smoothstep: bool,
+    fused: bool,
+    reduce: int,
     need_dx: bool,
     need_dparams: bool,
     deterministic: bool,
     coarse: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients w.r.t. x (shape of x, or empty) and params (shape of params, or empty)."""
-    return backward(dy, x, params, table, smoothstep, need_dx, need_dparams, deterministic, coarse)
+    return backward(
+        dy,
+        x,
+        params,
+        table,
+        smoothstep,
+        need_dx,
+        need_dparams,
+        deterministic,
+        coarse,
+        fused,
+        reduce,
+    )
 
 
 @grid_encode_backward.register_fake
-def _(dy, x, params, table, smoothstep, need_dx, need_dparams, deterministic, coarse):
+def _(
+    dy, x, params, table, smoothstep, fused, reduce, need_dx, need_dparams, deterministic, coarse
+):
     dx = torch.empty_like(x) if need_dx else x.new_empty(0)
     dparams = torch.empty_like(params) if need_dparams else params.new_empty(0)
     return dx, dparams
 
 
 def _setup_context(ctx, inputs, output):
-    x, params, table, smoothstep, deterministic, coarse = inputs
+    x, params, table, smoothstep, fused, reduce, deterministic, coarse = inputs
     ctx.save_for_backward(x, params, table)
-    ctx.smoothstep = smoothstep
+    ctx.geometry = (smoothstep, fused, reduce)
     ctx.deterministic = deterministic
     ctx.coarse = coarse
 
@@ -299,10 +412,91 @@ def _backward(ctx, dy):
     x, params, table = ctx.saved_tensors
     need_dx, need_dparams = ctx.needs_input_grad[:2]
     dx, dparams = grid_encode_backward(
-        dy, x, params, table, ctx.smoothstep, need_dx, need_dparams, ctx.deterministic, ctx.coarse
+        dy, x, params, table, *ctx.geometry, need_dx, need_dparams, ctx.deterministic, ctx.coarse
     )
     grads = (dx if need_dx else None), (dparams if need_dparams else None)
-    return *grads, None, None, None, None
+    return *grads, None, None, None, None, None, None
 
 
 grid_encode.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("gridcodes::grid_encode_double_backward", mutates_args=())
+def grid_encode_double_backward(
+    hx: torch.Tensor,
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    params: torch.Tensor,
+    table: torch.Tensor,
+    smoothstep: bool,
+    fused: bool,
+    reduce: int,
+    need_ddy: bool,
+    need_dx: bool,
+    need_dparams: bool,
+    deterministic: bool,
+    coarse: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The terms in ``hx`` of the backward's gradient w.r.t. dy, x and params (or empty)."""
+    return double_backward(
+        hx,
+        dy,
+        x,
+        params,
+        table,
+        smoothstep,
+        fused,
+        reduce,
+        need_ddy,
+        need_dx,
+        need_dparams,
+        deterministic,
+        coarse,
+    )
+
+
+@grid_encode_double_backward.register_fake
+def _(hx, dy, x, params, table, smoothstep, fused, reduce, need_ddy, need_dx, need_dparams, *_):
+    ddy = torch.empty_like(dy) if need_ddy else dy.new_empty(0)
+    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
+    dparams = torch.empty_like(params) if need_dparams else params.new_empty(0)
+    return ddy, dx, dparams
+
+
+def _setup_backward_context(ctx, inputs, output):
+    dy, x, params, table, smoothstep, fused, reduce, _, _, deterministic, coarse = inputs
+    ctx.save_for_backward(dy, x, params, table)
+    ctx.geometry = (smoothstep, fused, reduce)
+    ctx.deterministic = deterministic
+    ctx.coarse = coarse
+
+
+def _present(t: torch.Tensor | None) -> bool:
+    return t is not None and t.numel() > 0
+
+
+def _double_backward(ctx, hx, hparams):
+    """Gradients of the backward's (dL/dx, dL/dparams) w.r.t. (dy, x, params), given their
+    upstream gradients ``hx`` and ``hparams`` (docs/tcnn.md, "Second-order gradients")."""
+    dy, x, params, table = ctx.saved_tensors
+    need_ddy, need_dx, need_dparams = ctx.needs_input_grad[:3]
+    det, coarse = ctx.deterministic, ctx.coarse
+    ddy = dx = dparams = None
+    if _present(hx) and (need_ddy or need_dx or need_dparams):
+        terms = grid_encode_double_backward(
+            hx, dy, x, params, table, *ctx.geometry, need_ddy, need_dx, need_dparams, det, coarse
+        )
+        ddy, dx, dparams = (t if need else None for t, need in zip(terms, ctx.needs_input_grad))
+    if _present(hparams):  # dL/dparams = scatter(w dy): linear in dy, its w depends on x
+        if need_ddy:
+            looked_up = grid_encode(x, hparams, table, *ctx.geometry, det, coarse)
+            ddy = looked_up if ddy is None else ddy + looked_up
+        if need_dx:
+            slope, _ = grid_encode_backward(
+                dy, x, hparams, table, *ctx.geometry, True, False, det, coarse
+            )
+            dx = slope if dx is None else dx + slope
+    return ddy, dx, dparams, None, None, None, None, None, None, None, None
+
+
+grid_encode_backward.register_autograd(_double_backward, setup_context=_setup_backward_context)

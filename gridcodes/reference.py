@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .conventions import Level
 from .levels import HASH_PRIMES, GridConfig
 
 
@@ -30,29 +31,51 @@ def corner_offsets(in_dim: int, device: torch.device) -> torch.Tensor:
 
 
 def level_index(corner: torch.Tensor, config: GridConfig, level: int) -> torch.Tensor:
-    """SPEC §1.2 step 3: index within level ``level`` of integer vertices ``corner`` (..., d)."""
-    r = config.resolutions[level]
-    size = config.level_sizes[level]
-    if config.grid_type == "hash" and config.is_wrapped(level):
+    """SPEC §1.2 step 3: index within level ``level`` of integer vertices ``corner`` (..., d).
+
+    Hashed levels XOR ``c_k * π_k mod 2**32``; the others take the dense index
+    ``D(c) = sum_k c_k base**k`` (base = r; torch-ngp: r + 1). Both are reduced modulo the
+    level's size (docs/tcnn.md for the tcnn and torch-ngp sizes).
+    """
+    lv = config.levels[level]
+    if lv.hashed:
         index = torch.zeros_like(corner[..., 0])
         for k in range(config.in_dim):
             index = index ^ ((corner[..., k] * HASH_PRIMES[k]) & 0xFFFFFFFF)
-        return index % size
-    # D(c) = sum_k c_k r**k, reduced mod size with Horner's rule so nothing overflows
-    # int64; for dense levels (and levels that fit) the mod is the identity.
+        return index % lv.size
+    # D(c) reduced mod size with Horner's rule so nothing overflows int64; for dense levels
+    # of the gridcodes convention (and levels that fit) the mod is the identity.
     index = torch.zeros_like(corner[..., 0])
     for k in reversed(range(config.in_dim)):
-        index = (index * r + corner[..., k]) % size
+        index = (index * lv.base + corner[..., k]) % lv.size
     return index
 
 
-def cell_position(x: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPEC §1.2 step 2 (align-corners): cell origin ``i`` (int64) and fraction ``f`` in [0, 1].
+def fused_position(x: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
+    """``x * scale + shift`` rounded once to x's dtype, as a fused multiply-add would.
 
-    ``x`` must already be in [0, 1]. ``i`` carries no gradient; ``f`` does, through ``x``.
+    For float32, the product of two float32 values is exact in float64 and so is the sum
+    when ``x * scale >= 2**-6``; below that, p lies in [0.5, 0.52) and the float64 rounding
+    can move it by at most one float32 ulp, never across an integer (docs/tcnn.md).
     """
-    p = x * (r - 1)
-    i = torch.clamp(torch.floor(p.detach()), max=r - 2)
+    if x.dtype == torch.float32:
+        return (x.double() * scale + shift).float()
+    return x * scale + shift
+
+
+def cell_position(x: torch.Tensor, level: Level) -> tuple[torch.Tensor, torch.Tensor]:
+    """SPEC §1.2 step 2: cell origin ``i`` (int64) and fraction ``f`` in [0, 1].
+
+    gridcodes (align-corners): ``p = x (r - 1)``, ``i = min(floor p, r - 2)``; tcnn and
+    torch-ngp: ``p = x scale + 0.5`` rounded once, ``i = floor p``. ``x`` must already be
+    in [0, 1]. ``i`` carries no gradient; ``f`` does, through ``x``.
+    """
+    if level.clamped:
+        p = x * level.scale
+        i = torch.clamp(torch.floor(p.detach()), max=level.resolution - 2)
+    else:
+        p = fused_position(x, level.scale, level.shift)
+        i = torch.floor(p.detach())
     return i.long(), p - i
 
 
@@ -96,8 +119,8 @@ def grid_encode_reference(
     corners = corner_offsets(config.in_dim, x.device)  # (C, d)
     group = torch.arange(coords.shape[1], device=x.device)[None, :, None]  # (1, G, 1)
     levels = []
-    for level, r in enumerate(config.resolutions):
-        i, f = cell_position(coords, r)  # (N, G, d)
+    for level, lv in enumerate(config.levels):
+        i, f = cell_position(coords, lv)  # (N, G, d)
         s = interpolation_weight(f, config.interpolation)
         vertex = i[:, :, None, :] + corners  # (N, G, C, d)
         rows = config.offsets[level] + level_index(vertex, config, level)  # (N, G, C)
@@ -120,8 +143,8 @@ def corner_rows(
     coords = sanitize(x.detach().to(dtype))
     corners = corner_offsets(config.in_dim, x.device)
     rows = []
-    for level, r in enumerate(config.resolutions):
-        i, _ = cell_position(coords, r)
+    for level, lv in enumerate(config.levels):
+        i, _ = cell_position(coords, lv)
         vertex = i[:, :, None, :] + corners
         rows.append(config.offsets[level] + level_index(vertex, config, level))
     return torch.stack(rows, dim=2)

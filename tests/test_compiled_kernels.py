@@ -28,9 +28,17 @@ REGISTER_BUDGET = {
     "grid_contribution_rows_kernel": 48,
     "grid_chunk_sum_kernel": 80,
     "grid_chunk_combine_kernel": 32,
+    # 2026-12-01: 160 at d = 4, F = 2, smoothstep (100 for BRICS, 74 for Instant-NGP).
+    "grid_double_backward_kernel": 160,
 }
-# float64 tables double every value register.
-REGISTER_BUDGET_FLOAT64 = {"grid_forward_kernel": 88, "grid_backward_kernel": 168}
+# float64 tables double every value register (the double backward reaches the 255 cap
+# without spilling, which test_no_spills_and_registers_within_budget checks).
+REGISTER_BUDGET_FLOAT64 = {
+    "grid_forward_kernel": 88,
+    "grid_backward_kernel": 168,
+    "grid_double_backward_kernel": 255,
+}
+SCATTERS = ("grid_backward_kernel", "grid_double_backward_kernel")
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +77,9 @@ def test_every_variant_compiles(report):
     assert {r["table"] for r in report["rows"]} >= {"float32", "float16", "bfloat16", "float64"}
 
 
-def test_gradient_scatter_is_relaxed_reductions_without_fences(report):
-    scatters = rows(report, "grid_backward_kernel", atomic_scatter=True)
+@pytest.mark.parametrize("kernel", SCATTERS)
+def test_gradient_scatter_is_relaxed_reductions_without_fences(report, kernel):
+    scatters = rows(report, kernel, atomic_scatter=True)
     for r in scatters:
         assert r["reductions"], f"{where(r)}: no RED instruction in the scatter"
         assert not r["atomics"], f"{where(r)}: returning atomics {r['atomics']}"
@@ -79,10 +88,19 @@ def test_gradient_scatter_is_relaxed_reductions_without_fences(report):
         assert not r["fences"], f"{where(r)}: fences {r['fences']}"
 
 
-@pytest.mark.parametrize(("variant", "width"), [("brics", "F32x4"), ("ngp", "F32x2")])
-def test_gradient_reductions_are_as_wide_as_a_row(report, variant, width):
+@pytest.mark.parametrize(
+    ("kernel", "variant", "width"),
+    [
+        ("grid_backward_kernel", "brics", "F32x4"),
+        ("grid_backward_kernel", "ngp", "F32x2"),
+        ("grid_double_backward_kernel", "brics double", "F32x4"),
+        ("grid_double_backward_kernel", "ngp double", "F32x2"),
+        ("grid_double_backward_kernel", "ngp tcnn", "F32x2"),
+    ],
+)
+def test_gradient_reductions_are_as_wide_as_a_row(report, kernel, variant, width):
     """One F-wide RED per corner (and per accumulator copy), not F scalar ones."""
-    (r,) = rows(report, "grid_backward_kernel", variant=variant)
+    (r,) = rows(report, kernel, variant=variant)
     assert r["reductions"] and all(width in op for op in r["reductions"]), r["reductions"]
 
 
@@ -101,6 +119,31 @@ def test_feature_rows_are_vector_loads(report, variant, width, count):
     for kernel in ("grid_forward_kernel", "grid_backward_kernel"):
         (r,) = rows(report, kernel, variant=variant)
         assert r["loads"].get(width, 0) >= count, f"{where(r)}: loads {r['loads']}"
+
+
+@pytest.mark.parametrize(
+    ("variant", "width", "count"),
+    [
+        ("brics double", "LDG.E.128", 8),
+        ("ngp double", "LDG.E.64", 8),
+        ("ngp tcnn", "LDG.E.64", 8),
+        ("tiled tcnn", "LDG.E.64", 8),
+        ("brics double table float64", "LDG.E.128", 16),
+    ],
+)
+def test_double_backward_reads_feature_rows_as_vectors(report, variant, width, count):
+    """The double backward (and tcnn's index reductions) keep the table rows' vector loads."""
+    for r in rows(report, variant=variant):
+        if r["kernel"] in ("grid_forward_kernel", "grid_backward_kernel", *SCATTERS):
+            assert r["loads"].get(width, 0) >= count, f"{where(r)}: loads {r['loads']}"
+
+
+def test_tcnn_variants_compile_their_index_reductions(report):
+    """tcnn's hash grids reduce with one subtraction, its tiled grids with a modulo."""
+    assert {r["reduce"] for r in rows(report, variant="ngp tcnn")} == {1}
+    assert {r["reduce"] for r in rows(report, variant="tiled tcnn")} == {2}
+    assert all(r["fused"] for r in rows(report, variant="ngp tcnn"))
+    assert not any(r["fused"] or r["reduce"] for r in rows(report, variant="brics"))
 
 
 def test_no_spills_and_registers_within_budget(report):

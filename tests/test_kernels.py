@@ -30,18 +30,27 @@ def grid_cases(draw, sizes=(0, 1, 2, 63, BLOCK - 1, BLOCK, BLOCK + 1, 341), min_
     grid_type = draw(st.sampled_from(["hash", "tiled", "dense"]))
     top = MAX_DENSE_RESOLUTION[in_dim] if grid_type == "dense" else 300
     base = draw(st.integers(2, min(8, top)))
+    n_levels = draw(st.integers(1, 16))
+    config = dict(
+        in_dim=in_dim,
+        n_groups=draw(st.integers(1, 5)),
+        n_levels=n_levels,
+        n_features=draw(st.sampled_from([1, 2, 4, 8])),
+        log2_table_size=draw(st.integers(min_log2_table, 12)),
+        base_resolution=base,
+        grid_type=grid_type,
+        interpolation=draw(st.sampled_from(["linear", "smoothstep"])),
+    )
+    # One case in four follows tiny-cuda-nn's convention (docs/tcnn.md): resolutions grow by
+    # per_level_scale from base (r_l ~ base * scale**l), bounded like the others.
+    if draw(st.integers(0, 3)) == 0:
+        growth = (top / base) ** (1 / max(n_levels - 1, 1))
+        scale = draw(st.floats(1.0, max(1.0, min(2.0, growth * 0.95))))
+        config.update(convention="tcnn", per_level_scale=scale)
+    else:
+        config["max_resolution"] = draw(st.integers(base, top))
     return {
-        "config": dict(
-            in_dim=in_dim,
-            n_groups=draw(st.integers(1, 5)),
-            n_levels=draw(st.integers(1, 16)),
-            n_features=draw(st.sampled_from([1, 2, 4, 8])),
-            log2_table_size=draw(st.integers(min_log2_table, 12)),
-            base_resolution=base,
-            max_resolution=draw(st.integers(base, top)),
-            grid_type=grid_type,
-            interpolation=draw(st.sampled_from(["linear", "smoothstep"])),
-        ),
+        "config": config,
         # empty, single, odd, and one off each side of the block size
         "n_points": draw(st.sampled_from(sizes)),
         "special_fraction": draw(st.sampled_from([0.0, 0.05, 0.3])),
@@ -55,9 +64,13 @@ def make_points(grid: MultiResGrid, n_points: int, special_fraction: float, seed
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(n_points, c.n_groups, c.in_dim, generator=gen, dtype=torch.float64) * 1.2 - 0.1
     # A quarter of the coordinates on a vertex of a random level: points on vertices, edges
-    # and faces of the cells (x * (r - 1) lands on or next to an integer).
-    r = torch.tensor(c.resolutions)[torch.randint(0, c.n_levels, x.shape, generator=gen)]
-    vertex = torch.floor(torch.rand(x.shape, generator=gen, dtype=torch.float64) * r) / (r - 1)
+    # and faces of the cells (x * scale + shift lands on or next to an integer).
+    level = torch.randint(0, c.n_levels, x.shape, generator=gen)
+    r = torch.tensor(c.resolutions)[level]
+    scale = torch.tensor([lv.scale for lv in c.levels], dtype=torch.float64)[level]
+    shift = torch.tensor([lv.shift for lv in c.levels], dtype=torch.float64)[level]
+    k = torch.floor(torch.rand(x.shape, generator=gen, dtype=torch.float64) * r)
+    vertex = ((k - shift) / scale).clamp(0, 1)
     x = torch.where(torch.rand(x.shape, generator=gen) < 0.25, vertex, x)
     special = torch.tensor(SPECIALS, dtype=torch.float64)
     pick = special[torch.randint(0, len(SPECIALS), x.shape, generator=gen)]
@@ -74,9 +87,10 @@ def tolerances(grid_ref, x, dy, unit_roundoff):
     - dL/dP_e = sum over its m_e contributions of w dy: |err| <= 2 (m_e + d + 3) u
       sum w |dy|, that sum being the reference's table gradient for upstream |dy|; m_e is
       bounded by the entry's hit count.
-    - dL/dx_k = sum_l (r_l - 1) ds/df sum_c (±prod_{m != k} factors) <P_c, dy_l>: F, 2**d
+    - dL/dx_k = sum_l a_l ds/df sum_c (±prod_{m != k} factors) <P_c, dy_l>: F, 2**d
       and L terms summed plus ~2d products, with sum_c |dw/ds_k| <= 2 and |ds/df| <= 1.5,
-      so |err| <= 2 (F + 2**d + L + 2d + 6) u * 3 F max|P| sum_l (r_l - 1) max|dy_l|.
+      so |err| <= 2 (F + 2**d + L + 2d + 6) u * 3 F max|P| sum_l a_l max|dy_l|, with a_l the
+      level's position scale (r_l - 1 in the gridcodes convention, tcnn's scale_l otherwise).
     """
     c = grid_ref.config
     table = grid_ref.params.detach()
@@ -91,7 +105,7 @@ def tolerances(grid_ref, x, dy, unit_roundoff):
     tol_y = 2 * (n_corners + d + 2) * unit_roundoff * y_abs
     tol_params = 2 * (hits + d + 3) * unit_roundoff * abs_grid.params.grad
     dy_levels = dy.abs().reshape(*dy.shape[:-1], c.n_levels, n_features).amax(-1)
-    scale = torch.tensor([r - 1.0 for r in c.resolutions], dtype=dy.dtype, device=dy.device)
+    scale = torch.tensor([lv.scale for lv in c.levels], dtype=dy.dtype, device=dy.device)
     magnitude = 3 * n_features * table.abs().max() * (dy_levels * scale).sum(-1, keepdim=True)
     tol_x = 2 * (n_features + n_corners + c.n_levels + 2 * d + 6) * unit_roundoff * magnitude
     return tol_y, tol_params, tol_x
@@ -257,7 +271,7 @@ def test_rows_never_leave_the_table(grid_type):
         grid.params.shape[1],
         n_levels,
         BLOCK=BLOCK,
-        **_constants(x, grid.params),
+        **_constants(x, grid.params, False, 0),
     )
     assert rows.min().item() >= 0 and rows.max().item() < n_rows
 

@@ -1,6 +1,7 @@
 """Resolution, size and index rules (SPEC §1.1, §1.2 step 3) on hand-computed small cases."""
 
 import itertools
+import struct
 
 import pytest
 import torch
@@ -152,6 +153,8 @@ def test_weights_and_sanitizing(backend, interpolation, x, expected):
 def test_level_table_rows():
     config = GridConfig(in_dim=2, n_levels=2, resolutions=(4, 8), log2_table_size=5)
     table = level_table(config)
-    # level 0: 16 <= 32 dense-in-hash; level 1: 64 > 32 hashed with primes, mask T - 1
-    assert table[0].tolist() == [4, 0, 0, 2**32 - 1, 1, 4]
-    assert table[1].tolist() == [8, 16, 1, 31, 1, 2654435761]
+    # level 0: 16 <= 32 dense-in-hash; level 1: 64 > 32 hashed with primes, mask T - 1.
+    # Columns: r, offset, use_hash, mask, size, bits of the float64 scale (r - 1) and shift.
+    bits = lambda v: struct.unpack("<q", struct.pack("<d", v))[0]
+    assert table[0].tolist() == [4, 0, 0, 2**32 - 1, 16, bits(3.0), 0, 1, 4]
+    assert table[1].tolist() == [8, 16, 1, 31, 32, bits(7.0), 0, 1, 2654435761]

@@ -114,20 +114,12 @@ def test_interpreter_switch_is_required_for_triton_on_cpu(monkeypatch):
         grid(torch.rand(4, 1, 2))
 
 
-def test_double_backward_fails_loudly():
-    grid = small_grid(backend="triton")
-    x = torch.rand(7, 2, 3, device=DEVICE, requires_grad=True)
-    (dx,) = torch.autograd.grad(grid(x).pow(2).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="no autograd formula"):
-        dx.sum().backward()
-
-
 def test_opcheck_custom_op():
     grid = small_grid(backend="triton")
     x = torch.rand(37, 2, 3, device=DEVICE, requires_grad=True)
     coarse = ops.coarse_rows(grid.config.level_sizes)
     for smoothstep in (False, True):
-        args = (x, grid.params, grid.level_table, smoothstep, False, coarse)
+        args = (x, grid.params, grid.level_table, smoothstep, False, 0, False, coarse)
         torch.library.opcheck(ops.grid_encode, args)
     dy = torch.randn(37, 2, 8, device=DEVICE)
     backward_args = (
@@ -135,13 +127,18 @@ def test_opcheck_custom_op():
         x.detach(),
         grid.params.detach(),
         grid.level_table,
-        False,
-        True,
-        True,
-        False,
+        False,  # smoothstep
+        False,  # fused
+        0,  # reduce
+        True,  # need_dx
+        True,  # need_dparams
+        False,  # deterministic
         coarse,
     )
     torch.library.opcheck(ops.grid_encode_backward, backward_args)
+    hx = torch.randn(37, 2, 3, device=DEVICE)
+    double_args = (hx, *backward_args[:7], True, True, True, False, coarse)
+    torch.library.opcheck(ops.grid_encode_double_backward, double_args)
 
 
 def test_torch_compile_has_no_graph_break():
