@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import EqualLinear, lrelu
+from .layers import LRELU_GAIN, EqualLinear
 from .resample import blur, upsample_2x
 
 
@@ -74,13 +74,18 @@ class ModulatedConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """x (B, C_in, H, W), styles s (B, C_in) -> (B, C_out, H', W'), H' = 2H if upsampling."""
+        y, d = self.modulated(x, s)
+        return y if d is None else y * d[:, :, None, None]
+
+    def modulated(self, x: torch.Tensor, s: torch.Tensor):
+        """``(y, d)``: the convolution y of x with the modulated weight and the demodulation
+        d (B, C_out) still to multiply it by (None: none, or already in the weight), so that
+        the caller can fold d into its next elementwise pass."""
         weight = self.weight[0] * self.scale  # (C_out, C_in, k, k)
         if not self.training and x.shape[0] == 1:
-            return self._fused(x, weight, s)
-        x = self._conv(x * s[:, :, None, None], weight)
-        if self.demodulate:
-            x = x * self._demodulation(weight, s)[:, :, None, None]
-        return x
+            return self._fused(x, weight, s), None
+        y = self._conv(x * s[:, :, None, None], weight)
+        return y, self._demodulation(weight, s) if self.demodulate else None
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if not self.upsample:
@@ -112,11 +117,15 @@ class NoiseInjection(nn.Module):
         self.register_buffer("fixed", torch.randn(1, 1, resolution, resolution))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.term(x)
+
+    def term(self, x: torch.Tensor) -> torch.Tensor:
+        """The noise to add to x (B, C, H, W): strength * noise, (B or 1, 1, H, W)."""
         if self.training:
             noise = torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
         else:
             noise = self.fixed.to(x.dtype)
-        return x + self.strength * noise
+        return self.strength * noise
 
 
 class StyledConv(nn.Module):
@@ -136,7 +145,12 @@ class StyledConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
 
     def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        return lrelu(self.noise(self.conv(x, s)) + self.bias)
+        """lrelu(conv * d + noise + bias) in three passes over the feature map: leaky ReLU is
+        positively homogeneous, so its gain g folds in, lrelu(z) g = leaky_relu(z g)."""
+        y, d = self.conv.modulated(x, s)
+        scale = (y.new_ones(y.shape[:2]) if d is None else d) * LRELU_GAIN
+        z = torch.addcmul(self.bias * LRELU_GAIN, y, scale[:, :, None, None])
+        return F.leaky_relu(z + self.noise.term(y) * LRELU_GAIN, 0.2)
 
 
 class ToRGB(nn.Module):

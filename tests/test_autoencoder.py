@@ -399,3 +399,26 @@ def test_triton_backend_training_reduces_the_loss():
     # The interpreter is slow: a few steps, the loss of the last three below the first three.
     _, _, losses = overfit("triton", steps=12)
     assert sum(losses[-3:]) < sum(losses[:3]), losses
+
+
+@pytest.mark.slow
+def test_compiled_autoencoder_gives_the_eager_outputs_and_gradients():
+    # train/ae.py --compile: torch.compile of the generator side (Module.compile, in place).
+    # Compared in eval mode: compiled code draws its noise from another generator.
+    import copy
+
+    torch.manual_seed(0)
+    eager = BRICSAutoencoder(TINY).eval()
+    compiled = copy.deepcopy(eager)
+    compiled.compile()
+    images = photo_patches(32, 2)
+    outputs = []
+    for model in (eager, compiled):
+        rec = model(images).reconstruction
+        (rec - images).square().mean().backward()
+        outputs.append((rec, {n: p.grad for n, p in model.named_parameters()}))
+    (rec_e, grads_e), (rec_c, grads_c) = outputs
+    torch.testing.assert_close(rec_c, rec_e, rtol=1e-4, atol=1e-5)
+    assert grads_c.keys() == grads_e.keys()  # the state dict keeps its names
+    for name, grad in grads_e.items():
+        torch.testing.assert_close(grads_c[name], grad, rtol=1e-3, atol=1e-6, msg=name)

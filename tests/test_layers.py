@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from bench.op_counter import OpCounter
 from models.discriminator import Discriminator
-from models.layers import EqualConv2d
+from models.layers import EqualConv2d, lrelu
 from models.resample import FORMS, blur, downsample_2x, fir_form, fir_kernel, upsample_2x
-from models.synthesis import ModulatedConv2d, SynthesisDecoder
+from models.synthesis import ModulatedConv2d, StyledConv, SynthesisDecoder
 
 
 def depthwise_blur(x: torch.Tensor, pad: tuple[int, int], gain: float = 1.0) -> torch.Tensor:
@@ -104,6 +104,22 @@ def test_unfused_and_fused_modulated_convs_equal_the_grouped_form(kernel, demodu
     assert counter.summary()["grouped_convolutions"] == 0
     fused = conv.eval()(x[:1], s[:1])  # one sample in evaluation: the fused weight
     torch.testing.assert_close(fused, expected[:1])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_styled_conv_folds_demodulation_noise_bias_and_gain_into_three_passes(training):
+    torch.manual_seed(0)
+    layer = StyledConv(6, 5, 8, resolution=7).double().train(training)
+    with torch.no_grad():
+        layer.noise.strength.fill_(0.3)
+        layer.bias.normal_()
+    x = torch.randn(3 if training else 1, 6, 7, 7, dtype=torch.float64)
+    s = layer.conv.affine(torch.randn(x.shape[0], 8, dtype=torch.float64))
+    torch.manual_seed(1)
+    folded = layer(x, s)
+    torch.manual_seed(1)  # the same noise draw
+    expected = lrelu(layer.noise(layer.conv(x, s)) + layer.bias)  # StyleGAN2's order
+    torch.testing.assert_close(folded, expected)
 
 
 def test_the_decoders_styles_come_from_one_product_of_the_layers_affines():

@@ -246,34 +246,38 @@ def test_two_processes_with_the_gan_penalty_resume_exactly(tmp_path):
     resumed = run(tmp_path / "resumed", "--max-steps", "5", *args, launcher=TWO_PROCESSES)
     assert "resumed from" in resumed.stderr and "at step 3" in resumed.stderr
     assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed"))
-    logged = logged_scalars(tmp_path / "straight")  # step s is logged as s + 1
-    assert sorted(logged["train/r1"]) == [3, 5] and sorted(logged["train/gan_d"]) == [3, 4, 5]
+    scalars = logged(tmp_path / "straight")  # step s is logged as s + 1
+    assert sorted(scalars["train/r1"]) == [3, 5] and sorted(scalars["train/gan_d"]) == [3, 4, 5]
 
 
-def logged_scalars(run_dir: Path) -> dict[str, list[int]]:
-    """The steps at which each ``train/*`` scalar of a run's TensorBoard log was written."""
+def logged(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Every ``train/*`` scalar of a run's TensorBoard log: {tag: {step: value}}."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    steps = {}
+    scalars = {}
     for events in run_dir.rglob("events.out.tfevents.*"):
         log = EventAccumulator(str(events))
         log.Reload()
         for tag in log.Tags()["scalars"]:
-            steps.setdefault(tag, []).extend(event.step for event in log.Scalars(tag))
-    return steps
+            scalars.setdefault(tag, {}).update({e.step: e.value for e in log.Scalars(tag)})
+    return scalars
 
 
 def logged_lr(run_dir: Path) -> list[float]:
     """The ``train/lr`` values of a run's TensorBoard log, by step."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    lr = logged(run_dir)["train/lr"]
+    return [lr[step] for step in sorted(lr)]
 
-    scalars = []
-    for events in run_dir.rglob("events.out.tfevents.*"):
-        log = EventAccumulator(str(events))
-        log.Reload()
-        if "train/lr" in log.Tags()["scalars"]:
-            scalars += log.Scalars("train/lr")
-    return [event.value for event in sorted(scalars, key=lambda e: e.step)]
+
+def test_channels_last_gives_the_same_losses(tmp_path):
+    args = ["--max-steps", "3", "--eval-every", "100", "--log-every", "1", "--save-every", "3"]
+    run(tmp_path / "nchw", *args)
+    run(tmp_path / "cl", *args, "--channels-last", "true")
+    plain, cl = logged(tmp_path / "nchw"), logged(tmp_path / "cl")
+    for tag in ("train/loss", "train/gan_d", "train/r1"):
+        assert plain[tag].keys() == cl[tag].keys(), tag
+        for step in plain[tag]:  # the same math: only the convolutions' rounding differs
+            assert cl[tag][step] == pytest.approx(plain[tag][step], rel=1e-3), (tag, step)
 
 
 def test_eval_entry_point_writes_metrics_and_a_grid(tmp_path):

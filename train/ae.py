@@ -143,8 +143,7 @@ class AutoencoderStage(Stage):
         self.ema = EMA(autoencoder, options.ema_decay)
         if options.channels_last:
             for module in (autoencoder, disc, self.perceptual):
-                if module is not None:
-                    module.to(memory_format=torch.channels_last)
+                to_channels_last(module)
         if options.compile:  # after the EMA copy; in place, so the state dict keeps its names
             autoencoder.compile()
         lazy = self.losses.reg_interval if self.losses.lazy else None
@@ -221,6 +220,14 @@ class AutoencoderStage(Stage):
         save_reconstruction_grid(model, self.val_set, grid, acc.device)
         metrics["grid"] = str(grid)
         acc.log(write_metrics(o.output_dir, self.step, metrics), step=self.step)
+
+
+def to_channels_last(module: torch.nn.Module | None) -> None:
+    """Every 4-D parameter of ``module`` in channels-last layout, in place (``Module.to``
+    refuses the 5-D modulated-conv weights and the grid tables)."""
+    for param in [] if module is None else module.parameters():
+        if param.dim() == 4:
+            param.data = param.data.contiguous(memory_format=torch.channels_last)
 
 
 def main(argv: list[str] | None = None) -> int:
