@@ -23,9 +23,6 @@ shapes) and a Markdown table under ``bench/results/``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -35,12 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train/ is not installed
 
+from common import alternate, cuda_quantiles, environment, result_stem, write_results
+
 from gridcodes import MultiResGrid
 from gridcodes.levels import GridConfig
 from gridcodes.reference import grid_encode_reference
 from train.core.cpu_memory import keep_freed_memory
-
-RESULTS = Path(__file__).parent / "results"
 
 
 @dataclass(frozen=True)
@@ -186,7 +183,7 @@ def measure(shape: Shape, providers, modes, device: str) -> dict:
         for provider in providers:
             grid, lookup, inputs = build(shape, provider, device)
             for mode in modes:
-                out[provider, mode] = _cuda_quantiles(*pass_fn(grid, lookup, inputs, mode))
+                out[provider, mode] = cuda_quantiles(*pass_fn(grid, lookup, inputs, mode))
                 print(f"{shape.name:8s} {mode:8s} {provider:10s} {out[provider, mode][0]:9.3f} ms")
             del grid, lookup, inputs
         return out
@@ -200,34 +197,8 @@ def measure(shape: Shape, providers, modes, device: str) -> dict:
     return out
 
 
-def _cuda_quantiles(fn, grads) -> tuple[float, float, float]:
-    import triton.testing
-
-    return tuple(triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], grad_to_none=grads))
-
-
 CPU_ROUNDS, CPU_REPEATS = 5, 2
 TABLE_BYTES = 4  # bytes per table entry: every benchmark grid is float32 (MultiResGrid's default)
-
-
-def alternate(passes: dict, rounds: int, repeats: int) -> dict[str, list[float]]:
-    """Seconds of every timed pass per provider of ``{provider: (fn, grads)}``: one warm-up
-    pass each, then ``rounds`` rounds in which each provider runs ``repeats`` passes in turn
-    (``grads``' ``.grad`` reset before each), so all see the same drift of the machine."""
-    import time
-
-    for fn, _ in passes.values():
-        fn()
-    times = {provider: [] for provider in passes}
-    for _ in range(rounds):
-        for provider, (fn, grads) in passes.items():
-            for _ in range(repeats):
-                for t in grads:
-                    t.grad = None
-                start = time.perf_counter()
-                fn()
-                times[provider].append(time.perf_counter() - start)
-    return times
 
 
 def retrieval_memory_mb(shape: Shape, provider: str) -> dict:
@@ -252,33 +223,6 @@ def retrieval_memory_mb(shape: Shape, provider: str) -> dict:
     return {"provider": provider, "points": x.shape[0], "extra_peak_mb": peak / 2**20}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(device: str) -> dict:
-    import triton
-
-    env = {
-        "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "python": platform.python_version(),
-        "device": torch.cuda.get_device_name() if device == "cuda" else cpu_name(),
-    }
-    if device == "cuda":
-        env["cuda"] = torch.version.cuda
-    else:
-        env["threads"] = torch.get_num_threads()
-    return env
-
-
 def _ratio(other: dict | None, row: dict) -> str:
     return f"{other['ms'] / row['ms']:.1f}x" if other else "—"
 
@@ -287,7 +231,7 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], extra: dict) -> st
     lines = [
         f"# MultiResGrid benchmark — {env['device']}",
         "",
-        f"{env['date']}; torch {env['torch']}, triton {env['triton']}"
+        f"{env['date']}; torch {env['torch']}, triton {env['triton'] or '—'}"
         + (f", CUDA {env['cuda']}" if "cuda" in env else "")
         + (f", {env['threads']} threads" if "threads" in env else ""),
     ]
@@ -359,12 +303,9 @@ def markdown(env: dict, rows: list[dict], memory: list[dict], extra: dict) -> st
 
 
 def write(out: Path | None, env: dict, rows: list, memory: list, extra: dict) -> None:
-    stem = out or RESULTS / f"grid_{env['device'].replace(' ', '_')}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
     shapes = {name: asdict(s) for name, s in SHAPES.items()}
     payload = {"environment": env, "shapes": shapes, "rows": rows, "memory": memory, **extra}
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1))
-    stem.with_suffix(".md").write_text(markdown(env, rows, memory, extra))
+    write_results(result_stem("grid", env, out), payload, markdown(env, rows, memory, extra))
 
 
 def equivalence_suite(scale: int, timeout: int = 300) -> dict:
@@ -420,7 +361,7 @@ def sweep(shape: Shape) -> list[dict]:
             for block, warps, levels in configs:
                 ops.TUNING[kernel] = ops.LaunchConfig(block, warps, levels)
                 mode = "forward" if kernel == "forward" else "backward"
-                ms = _cuda_quantiles(*pass_fn(grid, lookup, inputs, mode))[0]
+                ms = cuda_quantiles(*pass_fn(grid, lookup, inputs, mode))[0]
                 out.append(
                     {
                         "shape": shape.name,

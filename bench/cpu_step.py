@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ is not installed
 
-from bench_grid import RESULTS, alternate, environment
+from common import alternate, environment, result_stem, write_results
 
 from models import BRICSAutoencoder, get_preset
 from train.core.cpu_memory import keep_freed_memory
@@ -84,9 +83,6 @@ def main() -> None:
     speedup = rows["torch"]["median_s"] / rows["cpu"]["median_s"]
     payload = {"environment": env, "args": {k: str(v) for k, v in vars(args).items()}}
     payload |= {"rows": rows, "speedup": speedup}
-    stem = args.out or RESULTS / f"cpu_step_{env['device'].replace(' ', '_')}"  # as bench_grid
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1))
     lines = [
         f"# {args.preset} training step on the CPU — {env['device']}",
         "",
@@ -101,7 +97,7 @@ def main() -> None:
         for b, r in rows.items()
     ]
     lines += ["", f"CPU backend speed-up: **{speedup:.2f}x**", ""]
-    stem.with_suffix(".md").write_text("\n".join(lines))
+    write_results(result_stem("cpu_step", env, args.out), payload, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -60,6 +60,8 @@ def build_stage(spec: dict, out_dir: Path):
         "batch_size": spec["batch"],
         "mixed_precision": "bf16" if spec["precision"] == "bf16" else "no",
         "cpu_threads": spec["threads"],
+        # Counts are of what a GPU runs: the grid's Triton kernels (on the CPU, interpreted)
+        "grid_backend": "triton" if spec["count"] or spec["device"] == "cuda" else "auto",
         **spec.get("options", {}),
     }
     known = AEOptions.__dataclass_fields__
@@ -213,6 +215,8 @@ def spawn(spec: dict) -> dict:
     """Run one worker in a fresh process; its last output line is the JSON result."""
     command = [sys.executable, __file__, "--worker", json.dumps(spec)]
     env = {**os.environ, **({"CUDA_VISIBLE_DEVICES": ""} if spec["device"] == "cpu" else {})}
+    if spec["count"] and spec["device"] == "cpu":  # the grid's Triton kernels, interpreted
+        env["TRITON_INTERPRET"] = "1"
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode:
         raise RuntimeError(f"worker {spec['name']} failed:\n{done.stderr[-4000:]}")
@@ -348,9 +352,9 @@ def markdown(env: dict, rows: list[dict]) -> str:
 
 
 def write(stem: Path, env: dict, rows: list[dict]) -> None:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
-    stem.with_suffix(".md").write_text(markdown(env, rows))
+    from common import write_results
+
+    write_results(stem, {"environment": env, "rows": rows}, markdown(env, rows))
 
 
 def parse(argv=None):
@@ -445,7 +449,7 @@ def main(argv=None) -> None:
         from train.ae import AEOptions
 
         args.gan = AEOptions.__dataclass_fields__["gan"].default
-    from bench_grid import environment
+    from common import environment, result_stem
 
     env = environment(args.device)
     env["command"] = " ".join(sys.argv[1:] if argv is None else argv)
@@ -456,8 +460,7 @@ def main(argv=None) -> None:
             env["diffusers"] = diffusers.__version__
         except ImportError:
             parser.error('the VQ-f4 baseline needs diffusers: pip install -e ".[bench]"')
-    name = env["device"].replace(" ", "_").replace("(R)", "").replace("(TM)", "")
-    stem = args.out or ROOT / "bench" / "results" / f"train_step_{name}"
+    stem = result_stem("train_step", env, args.out)
     rows = measure(args, env, stem)
     write(stem, env, rows)
     print(markdown(env, rows))

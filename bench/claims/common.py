@@ -7,11 +7,9 @@ patches, split by photograph). Every run is seeded; a run's batches are a functi
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # models/, train/ 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/
 
 import torch
-from bench_grid import cpu_name
+from common import environment as machine
 from tqdm import tqdm
 
 from train.core.data import EmbeddedPhotos
@@ -163,13 +161,8 @@ def over_seeds(values: list[float]) -> dict:
 
 
 def environment(threads: int) -> dict:
-    return {
-        "cpu": cpu_name(),
-        "threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": datetime.date.today().isoformat(),
-    }
+    """``bench/common.py``'s record of this CPU run (``threads`` as set by ``setup``)."""
+    return {**machine("cpu"), "threads": threads}
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
@@ -189,7 +182,8 @@ def save(out: Path, name: str, payload: dict, table: str, started: float) -> Non
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     env = payload["environment"]
     header = (
-        f"# {payload['title']}\n\n{env['date']}, {env['cpu']}, {env['threads']} threads, "
+        f"# {payload['title']}\n\n{env['date']}, {env.get('device', env.get('cpu'))}, "
+        f"{env['threads']} threads, "
         f"torch {env['torch']}; runtime {payload['runtime_s'] / 60:.1f} min "
         f"(`{payload['command']}`).\n\n"
     )

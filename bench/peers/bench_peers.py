@@ -37,7 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
-from bench_grid import _cuda_quantiles, alternate, environment, pass_fn
+from bench_grid import pass_fn
+from common import alternate, cuda_quantiles, environment
 
 from gridcodes import MultiResGrid
 
@@ -236,7 +237,7 @@ def time_peer(built: Built, shape: Shape, n_points: int, device: str, smoke: boo
     out = {}
     for mode, (fn, grads) in passes.items():
         if device == "cuda":
-            out[mode] = _cuda_quantiles(fn, grads)
+            out[mode] = cuda_quantiles(fn, grads)
         else:
             rounds, repeats = (1, 1) if smoke else (3, 2)
             seconds = alternate({mode: (fn, grads)}, rounds, repeats)[mode]
