@@ -53,12 +53,12 @@ def conv2d(
     return Conv2d.apply(x, weight, bias, stride, padding)
 
 
-def _weight_grad(grad: torch.Tensor, x: torch.Tensor, shape, stride: int, padding: int):
-    """dL/dw of y = conv(x, w) for dL/dy = ``grad``: the weight-gradient kernel alone."""
-    empty = grad.new_empty(shape)  # only its shape is read
+def _weight_grad(grad: torch.Tensor, x: torch.Tensor, weight, stride: int, padding: int):
+    """dL/dw of y = conv(x, w) for dL/dy = ``grad``: the weight-gradient kernel alone (of
+    ``weight`` only the shape is read)."""
     mask = [False, True, False]
     return torch.ops.aten.convolution_backward(
-        grad, x, empty, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1, mask
+        grad, x, weight, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1, mask
     )[1]
 
 
@@ -101,7 +101,7 @@ class Conv2d(torch.autograd.Function):
             dx = InputGrad.apply(grad, weight, x.shape[-2:], s, p)
         if not _skip_weights.get():
             if ctx.needs_input_grad[1]:
-                dw = WeightGrad.apply(grad, x, weight.shape, s, p)
+                dw = WeightGrad.apply(grad, x, weight, s, p)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 db = grad.sum(dim=(0, 2, 3))
         return dx, dw, db, None, None
@@ -119,16 +119,16 @@ class InputGrad(torch.autograd.Function):
         grad, weight = ctx.saved_tensors
         s, p = ctx.stride, ctx.padding
         dg = Conv2d.apply(h, weight, None, s, p) if ctx.needs_input_grad[0] else None
-        dw = WeightGrad.apply(grad, h, weight.shape, s, p) if ctx.needs_input_grad[1] else None
+        dw = WeightGrad.apply(grad, h, weight, s, p) if ctx.needs_input_grad[1] else None
         return dg, dw, None, None, None
 
 
 class WeightGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, grad, x, shape, stride: int, padding: int):
+    def forward(ctx, grad, x, weight, stride: int, padding: int):  # weight: for its shape
         ctx.save_for_backward(grad, x)
         ctx.stride, ctx.padding = stride, padding
-        return _weight_grad(grad, x, shape, stride, padding)
+        return _weight_grad(grad, x, weight.detach(), stride, padding)
 
     @staticmethod
     def backward(ctx, h):

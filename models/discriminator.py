@@ -16,11 +16,14 @@ class DiscriminatorBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv1 = EqualConv2d(in_channels, in_channels, 3, activation=True)
-        self.conv2 = EqualConv2d(in_channels, out_channels, 3, downsample=True, activation=True)
-        self.skip = EqualConv2d(in_channels, out_channels, 1, downsample=True, bias=False)
+        # The residual sum's 1 / sqrt(2) folds into both branches' output factors.
+        half = 1 / math.sqrt(2.0)
+        c_in, c_out = in_channels, out_channels
+        self.conv2 = EqualConv2d(c_in, c_out, 3, downsample=True, activation=True, gain=half)
+        self.skip = EqualConv2d(c_in, c_out, 1, downsample=True, bias=False, gain=half)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2.0)
+        return self.conv2(self.conv1(x)) + self.skip(x)
 
 
 def minibatch_stddev(x: torch.Tensor, group_size: int = 4, parts: int = 1) -> torch.Tensor:

@@ -43,13 +43,17 @@ class EqualLinear(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias if self.lr_mul == 1 else self.bias * self.lr_mul
-        out = F.linear(x, self.weight * self.scale, bias)
-        return lrelu(out) if self.activation else out
+        # lrelu(z) = leaky_relu(z * gain): the gain folds into the weight and bias scales
+        gain = LRELU_GAIN if self.activation else 1.0
+        bias_scale = self.lr_mul * gain
+        bias = self.bias if bias_scale == 1 else self.bias * bias_scale
+        out = F.linear(x, self.weight * (self.scale * gain), bias)
+        return F.leaky_relu(out, 0.2) if self.activation else out
 
 
 class EqualConv2d(nn.Module):
-    """Convolution with equalized learning rate; optional FIR-filtered 2x downsampling.
+    """Convolution with equalized learning rate, optional leaky ReLU (gain sqrt 2) and output
+    factor ``gain``; optional FIR-filtered 2x downsampling.
     Differentiable to any order with one kernel call per derivative
     (:func:`models.convolution.conv2d`): D's gradient penalty differentiates it twice.
 
@@ -66,6 +70,7 @@ class EqualConv2d(nn.Module):
         downsample: bool = False,
         bias: bool = True,
         activation: bool = False,
+        gain: float = 1.0,
     ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
@@ -74,6 +79,9 @@ class EqualConv2d(nn.Module):
         self.downsample = downsample
         self.padding = 0 if downsample else kernel_size // 2
         self.activation = activation
+        # The output's factor: ``gain``, times lrelu's; it folds into the weight and bias
+        # scales, since leaky ReLU is positively homogeneous.
+        self.out_scale = gain * (LRELU_GAIN if activation else 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stride, k = 1, self.weight.shape[-1]
@@ -82,5 +90,7 @@ class EqualConv2d(nn.Module):
         elif self.downsample:
             # Padding so that the stride-2 conv below halves the size exactly (k odd).
             x, stride = blur(x, padding=(k + 1) // 2), 2
-        out = conv2d(x, self.weight * self.scale, self.bias, stride, self.padding)
-        return lrelu(out) if self.activation else out
+        t = self.out_scale
+        bias = self.bias if self.bias is None or t == 1 else self.bias * t
+        out = conv2d(x, self.weight * (self.scale * t), bias, stride, self.padding)
+        return F.leaky_relu(out, 0.2) if self.activation else out

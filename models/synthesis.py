@@ -75,7 +75,7 @@ class ModulatedConv2d(nn.Module):
     def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """x (B, C_in, H, W), styles s (B, C_in) -> (B, C_out, H', W'), H' = 2H if upsampling."""
         y, d = self.modulated(x, s)
-        return y if d is None else y * d[:, :, None, None]
+        return y if d is None else y * d.view(*d.shape, 1, 1)
 
     def modulated(self, x: torch.Tensor, s: torch.Tensor):
         """``(y, d)``: the convolution y of x with the modulated weight and the demodulation
@@ -84,7 +84,7 @@ class ModulatedConv2d(nn.Module):
         weight = self.weight[0] * self.scale  # (C_out, C_in, k, k)
         if not self.training and x.shape[0] == 1:
             return self._fused(x, weight, s), None
-        y = self._conv(x * s[:, :, None, None], weight)
+        y = self._conv(x * s.view(*s.shape, 1, 1), weight)
         return y, self._demodulation(weight, s) if self.demodulate else None
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -149,7 +149,7 @@ class StyledConv(nn.Module):
         positively homogeneous, so its gain g folds in, lrelu(z) g = leaky_relu(z g)."""
         y, d = self.conv.modulated(x, s)
         scale = (y.new_ones(y.shape[:2]) if d is None else d) * LRELU_GAIN
-        z = torch.addcmul(self.bias * LRELU_GAIN, y, scale[:, :, None, None])
+        z = torch.addcmul(self.bias * LRELU_GAIN, y, scale.view(*scale.shape, 1, 1))
         return F.leaky_relu(z + self.noise.term(y) * LRELU_GAIN, 0.2)
 
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.op_counter import OpCounter
-from models.discriminator import Discriminator
-from models.layers import EqualConv2d, lrelu
+from models.discriminator import Discriminator, DiscriminatorBlock
+from models.layers import EqualConv2d, EqualLinear, lrelu
 from models.resample import FORMS, blur, downsample_2x, fir_form, fir_kernel, upsample_2x
 from models.synthesis import ModulatedConv2d, StyledConv, SynthesisDecoder
 
@@ -142,6 +142,26 @@ def test_downsampling_convs_equal_filtering_then_the_strided_conv():
         p = (k + 1) // 2
         expected = F.conv2d(depthwise_blur(x, (p, p)), conv.weight * conv.scale, stride=2)
         torch.testing.assert_close(conv(x), expected)
+
+
+def test_folded_gains_equal_the_layers_definitions():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    conv = EqualConv2d(4, 6, 3, activation=True, gain=0.5).double()
+    with torch.no_grad():
+        conv.bias.normal_()
+    plain = F.conv2d(x, conv.weight * conv.scale, conv.bias, padding=1)
+    torch.testing.assert_close(conv(x), 0.5 * lrelu(plain))
+    linear = EqualLinear(4, 3, bias_init=0.3, lr_mul=0.01, activation=True).double()
+    v = torch.randn(5, 4, dtype=torch.float64)
+    expected = lrelu(F.linear(v, linear.weight * linear.scale, linear.bias * linear.lr_mul))
+    torch.testing.assert_close(linear(v), expected)
+    block = DiscriminatorBlock(4, 6).double()  # (conv2(conv1(x)) + skip(x)) / sqrt(2)
+    c1, c2, skip = block.conv1, block.conv2, block.skip
+    h = lrelu(F.conv2d(x, c1.weight * c1.scale, c1.bias, padding=1))
+    main = lrelu(F.conv2d(depthwise_blur(h, (2, 2)), c2.weight * c2.scale, c2.bias, stride=2))
+    side = F.conv2d(depthwise_blur(x, (1, 1)), skip.weight * skip.scale, stride=2)
+    torch.testing.assert_close(block(x), (main + side) / 2**0.5)
 
 
 def test_discriminator_penalty_has_no_grouped_convolution():
