@@ -19,20 +19,18 @@ z 4), decoding one latent of a 256x256 image. Writes bench/results/complexity.{j
 
 from __future__ import annotations
 
-import datetime
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ of this checkout
 
 import torch
+from common import RESULTS, environment, write_results
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import PRESETS, BRICSAutoencoder, BRICSConfig
 from models.synthesis import synthesis_channels
 
-RESULTS = Path(__file__).parent / "results"
 VQGAN_CONFIGS = {
     "VQGAN f16 (taming)": dict(channels=(128, 128, 256, 256, 512), attention_at_lowest=True, z=256),
     "VQGAN f8 (LDM vq-f8)": dict(channels=(128, 256, 256, 512), attention_at_lowest=True, z=4),
@@ -178,8 +176,7 @@ def main() -> None:
     rows += [brics_row(name) for name in PRESETS]
     f16 = rows[0]["gmacs"]
     env = {
-        "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
+        **environment("cpu"),
         "counter": "torch.utils.flop_counter.FlopCounterMode, MACs = FLOPs / 2",
     }
     lines = [
@@ -199,11 +196,8 @@ def main() -> None:
             f"{r['gmacs'] / f16:.2f}x | {r['decoder_params_m']:.2f} | {r['grid_params_m']:.2f} | "
             f"{_figure(r['paper_grid_params_m'])} |"
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "complexity.json").write_text(
-        json.dumps({"environment": env, "rows": rows}, indent=1)
-    )
-    (RESULTS / "complexity.md").write_text("\n".join(lines) + "\n" + NOTES)
+    markdown = "\n".join(lines) + "\n" + NOTES
+    write_results(RESULTS / "complexity", {"environment": env, "rows": rows}, markdown)
     print("\n".join(lines))
 
 

@@ -15,7 +15,6 @@ per-level serial segment walk this design replaced.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import sys
@@ -26,11 +25,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ of this checkout
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_grid import SHAPES
+from common import RESULTS, environment, write_results
 
 from gridcodes import MultiResGrid, ops
 from gridcodes.compiled import inspect_launch, record_launches
 
-RESULTS = Path(__file__).parent / "results"
 BRICS = SHAPES["brics"]
 NGP = SHAPES["ngp"]
 SMALL = dict(n_groups=2, n_levels=4, log2_table_size=10, base_resolution=4, max_resolution=40)
@@ -192,23 +191,17 @@ def main() -> None:
     args = parser.parse_args()
     if ops.INTERPRET:
         parser.error("unset TRITON_INTERPRET: the report compiles the real kernels")
-    import triton
 
+    env = environment("cpu")  # compiled here for sm_90; no GPU runs the code
     data = {
-        "environment": {
-            "date": datetime.date.today().isoformat(),
-            "torch": torch.__version__,
-            "triton": triton.__version__,
-            "target": "sm_90",
-        },
+        "environment": {k: env[k] for k in ("date", "torch", "triton")} | {"target": "sm_90"},
         **report(),
     }
     if args.json == "-":
         json.dump(data, sys.stdout)
         return
     stem = Path(args.json).with_suffix("") if args.json else RESULTS / "kernel_report"
-    stem.with_suffix(".json").write_text(json.dumps(data, indent=1))
-    stem.with_suffix(".md").write_text(markdown(data))
+    write_results(stem, data, markdown(data))
     print(markdown(data))
 
 

@@ -3,7 +3,7 @@
 Every backend reads one :class:`Level` per level (through ``GridConfig.levels`` and the
 kernels' level table), so a convention is nothing but these numbers:
 
-- ``"gridcodes"`` (the default, SPEC §1.1-1.2): align-corners, ``p = x (r - 1)``, the cell
+- ``"gridcodes"`` (the default, docs/grids.md §1-2): align-corners, ``p = x (r - 1)``, the cell
   origin clamped to ``r - 2``, no padding;
 - ``"tcnn"``: tiny-cuda-nn's grid encodings, ``p = x scale_l + 0.5`` (one rounding, as the
   fused multiply-add of its kernels), its per-level scale, resolution and size rules;
@@ -72,7 +72,7 @@ def _next_multiple_of_8(n: int) -> int:
 def gridcodes_levels(
     in_dim: int, resolutions: Sequence[int], grid_type: str, table_size: int
 ) -> tuple[Level, ...]:
-    """SPEC §1.1: dense levels hold r**d entries, tiled and hashed ones at most T."""
+    """docs/grids.md §1: dense levels hold r**d entries, tiled and hashed ones at most T."""
     levels = []
     for r in resolutions:
         n_vertices = r**in_dim

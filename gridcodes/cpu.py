@@ -13,9 +13,9 @@ a chunk of points is handled at once, and autograd is replaced by a hand-written
   one real one, bit for bit the same sums), chunk after chunk: serial sums in a fixed
   order, so the result is reproducible run to run;
 - dL/dx: per axis k, one more ``embedding_bag`` gives the slope
-  ``sum_c (dw(c)/ds_k) params[c]``, dotted with dL/dy; then SPEC §1.2 step 6's mask. On
+  ``sum_c (dw(c)/ds_k) params[c]``, dotted with dL/dy; then docs/grids.md §2 step 6's mask. On
   dense and tiled levels the bag reads the differences ``params[c + e_k] - params[c]``
-  (a table made once per backward) at the corners with b_k = 0, half the rows; hashed
+  (a table of differences made once per backward) at the corners with b_k = 0, half the rows; hashed
   levels weigh all corners with ``dw(c)/ds_k`` (``±`` the other axes' factors).
 
 ATen runs ``index_add_`` on one thread and releases the GIL inside it, so the backward's
@@ -45,16 +45,15 @@ from .cpu_runtime import BUFFERS, in_background
 from .levels import META_MASK, META_OFFSET, META_SIZE, META_STRIDES, GridConfig, level_table
 from .reference import compute_dtype, sanitize
 
-# Corner contributions (points x groups x levels x corners) handled per chunk. Forward +
-# backward of the small-64 shape (one chunk) took 61.5 ms at 2**23, 64.6 at 2**22, 69.8 at
-# 2**21; the BRICS shape 504, 548, 608 ms (2**24: 3% faster again, for twice the
-# temporaries: 2 x 128 MiB of table-gradient sources at F = 4). 2-core x86-64 VM, 2026-11-30.
+# Corner contributions (points x groups x levels x corners) handled per chunk: larger chunks
+# pay the per-op overheads fewer times, smaller ones bound the temporaries (the measured
+# trade-off: bench/results/cpu_notes.md).
 CHUNK_CONTRIBUTIONS = 2**23
 UINT32 = 0xFFFFFFFF
 # How a run of levels computes its rows: sum_k i_k base**k (dense: never reaches the level's
 # size; tiled: mod T by the mask; modulo: mod a size that need not be a power of two, as
-# tcnn's levels), or the XOR of i_k pi_k mod T (hashed).
-DENSE, TILED, MODULO, HASHED = "dense", "tiled", "modulo", "hashed"
+# tcnn's levels), or the XOR of i_k pi_k mod T (hash).
+DENSE, TILED, MODULO, HASHED = "dense", "tiled", "modulo", "hash"
 
 
 @dataclass(frozen=True)
@@ -82,11 +81,11 @@ class Geometry:
 
 def geometry(config: GridConfig, device, dtype: torch.dtype) -> Geometry:
     """The constants of ``config`` for lookups computed in ``dtype`` on ``device``."""
-    table = level_table(config, device)
+    meta = level_table(config, device)  # the int64 level table
     d = config.in_dim
     scale = torch.tensor([lv.scale for lv in config.levels], dtype=dtype, device=device)
-    strides = table[:, META_STRIDES : META_STRIDES + d]
-    mask = table[:, META_MASK]
+    strides = meta[:, META_STRIDES : META_STRIDES + d]
+    mask = meta[:, META_MASK]
     bits = (torch.arange(2**d, device=device)[:, None] >> torch.arange(d, device=device)) & 1
     offsets = ((strides @ bits.T) & mask[:, None]).to(torch.int32)  # (L, C), < 2**32 / size
     group = torch.arange(config.n_groups, device=device) * config.n_entries
@@ -112,9 +111,9 @@ def geometry(config: GridConfig, device, dtype: torch.dtype) -> Geometry:
         top=None if fused else (scale - 1)[:, None, None],
         strides=strides.T[:, :, None, None].contiguous(),
         mask=torch.where(mask == UINT32, -1, mask).to(torch.int32)[:, None, None],
-        sizes=table[:, META_SIZE].to(torch.int32)[:, None, None],
+        sizes=meta[:, META_SIZE].to(torch.int32)[:, None, None],
         corner_offsets=offsets[:, None, None, :].contiguous(),
-        row_offset=(table[:, META_OFFSET, None] + group)[:, None, :, None].to(torch.int32),
+        row_offset=(meta[:, META_OFFSET, None] + group)[:, None, :, None].to(torch.int32),
         runs=tuple(runs),
         segments=tuple(
             (offset, size, tuple(int(k) % size for k in stride))
@@ -150,8 +149,8 @@ def _cells(coords: torch.Tensor, geo: Geometry):
 
 
 def _positions(coords: torch.Tensor, geo: Geometry):
-    """Cell origins (float) and fractions (d, L, n, G) of sanitized ``coords`` (d, n, G): SPEC
-    §1.2 step 2 with the reference's arithmetic (``reference.cell_position``)."""
+    """Cell origins (float) and fractions (d, L, n, G) of sanitized ``coords`` (d, n, G):
+    docs/grids.md §2 step 2 with the reference's arithmetic (``reference.cell_position``)."""
     if geo.fused:  # x * scale + shift rounded once (reference.fused_position)
         if coords.dtype == torch.float32:
             p = (coords[:, None].double() * geo.scale.double() + geo.shift).float()
@@ -248,7 +247,7 @@ class _Chunk:
     rows: torch.Tensor  # int32 (L, n, G, C)
     weights: torch.Tensor  # (L, n, G, C)
     factors: torch.Tensor  # (d, 2, L, n, G): (1 - s, s) per axis
-    ds: torch.Tensor | None  # (d, L, n, G): ds/df (smoothstep) or None (linear)
+    ds_df: torch.Tensor | None  # (d, L, n, G): ds/df (smoothstep) or None (linear)
 
 
 def _axis_weights(factors: torch.Tensor) -> list[torch.Tensor]:
@@ -274,7 +273,7 @@ def _axis_weights(factors: torch.Tensor) -> list[torch.Tensor]:
     return weights
 
 
-def _differences(table: torch.Tensor, geo: Geometry) -> list[torch.Tensor]:
+def _differences(entries: torch.Tensor, geo: Geometry) -> list[torch.Tensor]:
     """Per axis k, ``table[neighbour across k] - table[row]`` for the rows of dense and tiled
     levels (rows of hashed levels are left unset): (rows, F) each.
 
@@ -283,10 +282,10 @@ def _differences(table: torch.Tensor, geo: Geometry) -> list[torch.Tensor]:
     difference per pair of corners: half the rows of a bag over all corners.
     """
     groups, d = geo.row_offset.shape[2], geo.strides.shape[0]
-    t = table.view(groups, -1, table.shape[-1])
+    t = entries.view(groups, -1, entries.shape[-1])
     out = []
     for k in range(d):
-        diff = BUFFERS.empty(*table.shape, dtype=table.dtype)
+        diff = BUFFERS.empty(*entries.shape, dtype=entries.dtype)
         v = diff.view_as(t)
         for offset, size, shifts in geo.segments:
             s = shifts[k]
@@ -298,14 +297,14 @@ def _differences(table: torch.Tensor, geo: Geometry) -> list[torch.Tensor]:
     return out
 
 
-def _bags(rows: torch.Tensor, table: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def _bags(rows: torch.Tensor, entries: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``sum_j weights[b, j] * table[rows[b, j]]`` for every bag b of ``rows`` (B, K): one
     ``embedding_bag`` (fbgemm's fused gather and weighted sum, parallel in ATen), with the
     bags' offsets made once per shape instead of every call."""
     n_bags, size = rows.shape
     offsets = _offsets(n_bags, size, rows.dtype)
     return F.embedding_bag(
-        rows.reshape(-1), table, offsets, per_sample_weights=weights.reshape(-1), mode="sum"
+        rows.reshape(-1), entries, offsets, per_sample_weights=weights.reshape(-1), mode="sum"
     )
 
 
@@ -314,7 +313,7 @@ def _offsets(n_bags: int, size: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.arange(0, n_bags * size, size, dtype=dtype)
 
 
-def _slopes(rows, factors, table, diffs, hashed: bool) -> list[torch.Tensor]:
+def _slopes(rows, factors, entries, diffs, hashed: bool) -> list[torch.Tensor]:
     """``sum_c (dw(c)/ds_k) params[c]`` of a run of levels, per axis k: (M, F) each.
 
     Hashed levels: one bag over all corners with the signed weights of
@@ -324,7 +323,7 @@ def _slopes(rows, factors, table, diffs, hashed: bool) -> list[torch.Tensor]:
     d, n_corners = len(factors), rows.shape[-1]
     if hashed:
         weights = _axis_weights(factors)
-        out = [_bags(rows.reshape(-1, n_corners), table, w) for w in weights]
+        out = [_bags(rows.reshape(-1, n_corners), entries, w) for w in weights]
         BUFFERS.give(weights)
         return out
     half, m, pairs = n_corners // 2, rows.numel() // n_corners, list(factors)
@@ -344,23 +343,23 @@ def _slopes(rows, factors, table, diffs, hashed: bool) -> list[torch.Tensor]:
     return out
 
 
-def _dx(chunk: _Chunk, table, diffs, g: torch.Tensor, geo: Geometry) -> torch.Tensor:
-    """dL/dx of one chunk's points before SPEC §1.2 step 6's mask: (d, n, G), from dL/dy
-    level-major ``g`` (L, n, G, F).
+def _dx(chunk: _Chunk, entries, diffs, dy: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """dL/dx of one chunk's points before docs/grids.md §2 step 6's mask: (d, n, G), from dL/dy
+    level-major ``dy`` (L, n, G, F).
 
     ``dL/ds_k`` is the slope of each lookup along axis k (:func:`_slopes`) dotted with
     dL/dy; then ``ds/df`` (smoothstep) and ``r - 1``.
     """
-    n_features, d = table.shape[-1], len(chunk.factors)
-    ones = torch.ones(n_features, dtype=table.dtype)
-    ds = torch.empty(d, *chunk.factors.shape[2:], dtype=table.dtype)  # (d, L, n, G)
+    n_features, d = entries.shape[-1], len(chunk.factors)
+    ones = torch.ones(n_features, dtype=entries.dtype)
+    dl_ds = torch.empty(d, *chunk.factors.shape[2:], dtype=entries.dtype)  # (d, L, n, G)
     for kind, a, b in geo.runs:
-        slopes = _slopes(chunk.rows[a:b], chunk.factors[:, :, a:b], table, diffs, kind == HASHED)
+        slopes = _slopes(chunk.rows[a:b], chunk.factors[:, :, a:b], entries, diffs, kind == HASHED)
         for k, slope in enumerate(slopes):  # the row dots as a matrix-vector product: ~3x
-            torch.mv(slope.mul_(g[a:b].view(-1, n_features)), ones, out=ds[k, a:b].view(-1))
-    if chunk.ds is not None:
-        ds *= chunk.ds
-    return (ds * geo.scale).sum(1)
+            torch.mv(slope.mul_(dy[a:b].view(-1, n_features)), ones, out=dl_ds[k, a:b].view(-1))
+    if chunk.ds_df is not None:
+        dl_ds *= chunk.ds_df
+    return (dl_ds * geo.scale).sum(1)
 
 
 COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -382,22 +381,22 @@ def _gradient_table(columns: list) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def _scatter_sources(weights: torch.Tensor, g: torch.Tensor) -> list:
+def _scatter_sources(weights: torch.Tensor, dy: torch.Tensor) -> list:
     """``w(c) * dL/dy_j`` of every corner read, one source per gradient column (feature pairs
-    as complex numbers): (M * C,) each. ``weights`` (L, n, G, C), ``g`` dL/dy level-major
+    as complex numbers): (M * C,) each. ``weights`` (L, n, G, C), ``dy`` dL/dy level-major
     (L, n, G, F)."""
-    n_features, n_corners = g.shape[-1], weights.shape[-1]
-    g = g.view(-1, n_features, 1)  # (M, F, 1)
+    n_features, n_corners = dy.shape[-1], weights.shape[-1]
+    dy = dy.view(-1, n_features, 1)  # (M, F, 1)
     w = weights.view(-1, n_corners)
     sources = []
     for p in range(n_features // 2):  # two products, interleaved; one buffer per column
         pair = BUFFERS.empty(w.numel(), dtype=COMPLEX[w.dtype])
         parts = torch.view_as_real(pair).view(*w.shape, 2)
-        torch.mul(w, g[:, 2 * p], out=parts[..., 0])
-        torch.mul(w, g[:, 2 * p + 1], out=parts[..., 1])
+        torch.mul(w, dy[:, 2 * p], out=parts[..., 0])
+        torch.mul(w, dy[:, 2 * p + 1], out=parts[..., 1])
         sources.append(pair)
     if n_features % 2:
-        sources.append((w * g[:, -1]).flatten())
+        sources.append((w * dy[:, -1]).flatten())
     return sources
 
 
@@ -408,19 +407,19 @@ class _GridEncode(torch.autograd.Function):
         n, groups, _ = x.shape
         n_features = params.shape[-1]
         n_levels, n_corners = geo.corner_offsets.shape[0], geo.corner_offsets.shape[-1]
-        table = params.detach().to(dtype).reshape(-1, n_features)  # the forward-only bags
+        entries = params.detach().to(dtype).reshape(-1, n_features)  # the forward-only bags
         out = torch.empty(n, groups, n_levels, n_features, dtype=dtype, device=x.device)
         keep = any(ctx.needs_input_grad[:2])
         chunks = []
         for start, stop in _chunks(n, groups * n_levels * n_corners):
-            rows, factors, ds = _corners(x[start:stop], dtype, geo)
+            rows, factors, ds_df = _corners(x[start:stop], dtype, geo)
             w = _weights(factors)
-            bags = _bags(rows.view(-1, n_corners), table, w)
+            bags = _bags(rows.view(-1, n_corners), entries, w)
             _copy_rows(
                 out[start:stop], bags.view(n_levels, -1, groups, n_features).permute(1, 2, 0, 3)
             )
             if keep:
-                chunks.append(_Chunk(start, stop, rows, w, factors, ds))
+                chunks.append(_Chunk(start, stop, rows, w, factors, ds_df))
             else:
                 BUFFERS.give((rows, w, factors))
         ctx.save_for_backward(x, params)
@@ -449,27 +448,27 @@ def first_backward(dy, x, params, geo: Geometry, chunks: list, need_dx: bool, ne
     dtype = compute_dtype(params)
     n, groups, d = x.shape
     n_features = params.shape[-1]
-    table = params.detach().to(dtype).reshape(-1, n_features)
-    columns = _gradient_columns(len(table), n_features, dtype) if need_dparams else []
-    diffs = _differences(table, geo) if need_dx else []
+    entries = params.detach().to(dtype).reshape(-1, n_features)
+    columns = _gradient_columns(len(entries), n_features, dtype) if need_dparams else []
+    diffs = _differences(entries, geo) if need_dx else []
     dx = torch.zeros(d, n, groups, dtype=dtype) if need_dx else None
     dy = dy.view(n, groups, geo.scale.shape[0], n_features)
     # Chunk by chunk: the table-gradient scatters (serial in ATen; one per column of two
     # features) run on worker threads while this thread computes dL/dx (parallel ATen ops).
     for chunk in chunks:
-        g = BUFFERS.empty(*chunk.rows.shape[:-1], n_features, dtype=dtype)  # level-major
-        _copy_rows(g, dy[chunk.start : chunk.stop].to(dtype).permute(2, 0, 1, 3))
-        sources = _scatter_sources(chunk.weights, g) if need_dparams else []
+        dy_l = BUFFERS.empty(*chunk.rows.shape[:-1], n_features, dtype=dtype)  # level-major
+        _copy_rows(dy_l, dy[chunk.start : chunk.stop].to(dtype).permute(2, 0, 1, 3))
+        sources = _scatter_sources(chunk.weights, dy_l) if need_dparams else []
         rows = chunk.rows.view(-1)  # dL/dparams[j, rows] += w * dL/dy_j, in chunk order
         scattered = in_background(
             [partial(column.index_add_, 0, rows, src) for column, src in zip(columns, sources)]
         )
         try:
             if need_dx:
-                dx[:, chunk.start : chunk.stop] = _dx(chunk, table, diffs, g, geo)
+                dx[:, chunk.start : chunk.stop] = _dx(chunk, entries, diffs, dy_l, geo)
         finally:
             scattered()  # the sources are in use until the scatters end
-        BUFFERS.give((*sources, g))
+        BUFFERS.give((*sources, dy_l))
     if need_dx:
         inside = (x >= 0) & (x <= 1)
         dx = torch.where(inside, dx.permute(1, 2, 0), 0.0).to(x.dtype)

@@ -83,33 +83,33 @@ def double_backward(hx, hparams, dy, x, params, geo: Geometry, need_ddy, need_dx
     n_levels, n_features = geo.scale.shape[0], params.shape[-1]
     n_corners = 2**d
     with_h, with_hp = _present(hx), _present(hparams)
-    table = params.detach().to(dtype).reshape(-1, n_features)
+    entries = params.detach().to(dtype).reshape(-1, n_features)
     inside = (x >= 0) & (x <= 1)  # False for NaN
     if with_h:
         h = torch.where(inside, hx.detach().to(dtype), 0.0).permute(2, 0, 1)  # (d, N, G)
     if with_hp:
-        h_table = hparams.detach().to(dtype).reshape(-1, n_features)
-        h_diffs = _differences(h_table, geo) if need_dx else []
+        h_entries = hparams.detach().to(dtype).reshape(-1, n_features)
+        h_diffs = _differences(h_entries, geo) if need_dx else []
     ddy = torch.zeros(n_levels, n, groups, n_features, dtype=dtype) if need_ddy else None
     dx = torch.zeros(d, n, groups, dtype=dtype) if need_dx else None
-    columns = _gradient_columns(len(table), n_features, dtype) if need_dparams and with_h else []
-    g_all = dy.detach().reshape(n, groups, n_levels, n_features).to(dtype).permute(2, 0, 1, 3)
+    columns = _gradient_columns(len(entries), n_features, dtype) if need_dparams and with_h else []
+    dy_all = dy.detach().reshape(n, groups, n_levels, n_features).to(dtype).permute(2, 0, 1, 3)
     for start, stop in _chunks(n, groups * n_levels * n_corners):
         i, f = _positions(_coords(x[start:stop], dtype), geo)  # (d, L, m, G)
         rows = _rows(i.long(), geo)  # (L, m, G, C)
         s, slope, curve = _cell_slopes(f, geo.smoothstep)
         factors = torch.stack((1.0 - s, s), dim=1)  # (d, 2, L, m, G)
-        g = g_all[:, start:stop].contiguous()  # (L, m, G, F)
-        flat_g = g.view(-1, n_features)
+        dy_l = dy_all[:, start:stop].contiguous()  # dL/dy level-major (L, m, G, F)
+        flat_dy = dy_l.view(-1, n_features)
         if with_h:
             t = h[:, None, start:stop] * geo.scale * slope  # (d, L, m, G)
             pairs = [torch.stack((-t[k], t[k])) for k in range(d)]
             _, v = _dual_products(list(factors), pairs, s[0])
             v = v.permute(1, 2, 3, 0).contiguous()  # (L, m, G, C)
             if need_ddy:
-                ddy[:, start:stop] += _bags(rows.view(-1, n_corners), table, v).view_as(g)
+                ddy[:, start:stop] += _bags(rows.view(-1, n_corners), entries, v).view_as(dy_l)
             if need_dparams:
-                for column, source in zip(columns, _scatter_sources(v, g)):
+                for column, source in zip(columns, _scatter_sources(v, dy_l)):
                     column.index_add_(0, rows.view(-1), source)
             if need_dx:
                 for m in range(d):
@@ -121,17 +121,17 @@ def double_backward(hx, hparams, dy, x, params, geo: Geometry, need_ddy, need_dx
                     if curve is not None:
                         inner = inner + geo.scale * curve[m] * h[m, None, start:stop] * value
                     weights = _signed_corners(inner, m, d)  # (L, m, G, C)
-                    bag = _bags(rows.view(-1, n_corners), table, weights)  # (M, F)
-                    dots = (bag * flat_g).sum(-1).view(n_levels, -1, groups)
+                    bag = _bags(rows.view(-1, n_corners), entries, weights)  # (M, F)
+                    dots = (bag * flat_dy).sum(-1).view(n_levels, -1, groups)
                     dx[m, start:stop] += (dots * geo.scale).sum(0)
         if with_hp:
             w = _weights(factors)
             if need_ddy:
-                ddy[:, start:stop] += _bags(rows.view(-1, n_corners), h_table, w).view_as(g)
+                ddy[:, start:stop] += _bags(rows.view(-1, n_corners), h_entries, w).view_as(dy_l)
             if need_dx:
-                ds = slope if geo.smoothstep else None
-                chunk = _Chunk(start, stop, rows, w, factors, ds)
-                dx[:, start:stop] += _dx(chunk, h_table, h_diffs, g, geo)
+                ds_df = slope if geo.smoothstep else None
+                chunk = _Chunk(start, stop, rows, w, factors, ds_df)
+                dx[:, start:stop] += _dx(chunk, h_entries, h_diffs, dy_l, geo)
     if need_ddy:
         ddy = ddy.permute(1, 2, 0, 3).reshape(dy.shape).to(dy.dtype)
     if need_dx:

@@ -1,4 +1,4 @@
-"""Triton kernels of the multi-resolution grid lookup (SPEC §1.2).
+"""Triton kernels of the multi-resolution grid lookup (docs/grids.md §2).
 
 Each program handles ``BLOCK`` points of one group. Per-dimension quantities
 (coordinate, cell origin, weight factor, index term) are tuples of ``(BLOCK,)``
@@ -37,7 +37,7 @@ def _load_coords(x_ptr, point_group, live, D: tl.constexpr, COMPUTE: tl.constexp
 
 @triton.jit
 def _sanitize(xs):
-    """SPEC §1.2 step 1 on a D-tuple: NaN -> 0, then clamp to [0, 1] (so ±inf -> 1 / 0)."""
+    """docs/grids.md §2 step 1 on a D-tuple: NaN -> 0, then clamp to [0, 1] (so ±inf -> 1 / 0)."""
     clean = ()
     for k in tl.static_range(len(xs)):
         x = tl.where(xs[k] != xs[k], 0.0, xs[k])
@@ -64,7 +64,7 @@ def _level(meta_ptr, level, D: tl.constexpr, COMPUTE: tl.constexpr):
 
 @triton.jit
 def _position(x, scale, shift, FUSED: tl.constexpr):
-    """Cell origin (float) and fraction of one coordinate (SPEC §1.2 step 2).
+    """Cell origin (float) and fraction of one coordinate (docs/grids.md §2 step 2).
 
     gridcodes (align-corners): ``p = x scale`` with scale = r - 1, origin clamped to r - 2.
     FUSED (tcnn, torch-ngp; docs/tcnn.md): ``p = x scale + shift`` rounded once, as a fused
@@ -82,7 +82,7 @@ def _position(x, scale, shift, FUSED: tl.constexpr):
 
 @triton.jit
 def _fractions(xs, scale, shift, SMOOTH: tl.constexpr, FUSED: tl.constexpr):
-    """SPEC §1.2 steps 2 and 4 for every dimension of sanitized coordinates ``xs``.
+    """docs/grids.md §2 steps 2 and 4 for every dimension of sanitized coordinates ``xs``.
 
     Returns D-tuples: cell origin ``i`` (int32), weight factor ``s`` of the upper corner,
     its complement ``1 - s``, ``ds/df`` and ``d2s/df2`` (smoothstep; linear: 0, unused).
@@ -136,7 +136,7 @@ def _corner(
 ):
     """Corner ``c`` (bit k = upper along dimension k): factors (D-tuple), weight, table row.
 
-    SPEC §1.2 step 3: ``index = combine_k(c_k * stride_k) & mask`` in wrapping uint32,
+    docs/grids.md §2 step 3: ``index = combine_k(c_k * stride_k) & mask`` in wrapping uint32,
     combine = XOR (hash) or + (dense / tiled), then brought below ``size`` as REDUCE says
     (0: nothing left to do; 1: subtract size once; 2: modulo size; gridcodes.levels says
     why this is exact for every grid type and convention). Step 4: the weight is the
@@ -195,7 +195,7 @@ def grid_forward_kernel(
     BLOCK: tl.constexpr,  # points per program
     LEVELS: tl.constexpr,  # levels per program
 ):
-    """y[n, g, l*F + j] = sum_c w(c) params[g, offset_l + index(c), j] (SPEC §1.2 step 5).
+    """y[n, g, l*F + j] = sum_c w(c) params[g, offset_l + index(c), j] (docs/grids.md §2 step 5).
 
     Launch grid (point blocks, cdiv(L, LEVELS), G). A program loads its points once and
     looks them up in LEVELS consecutive levels, writing LEVELS * F contiguous features
@@ -223,7 +223,7 @@ def grid_forward_kernel(
         tl.store(out + level * F, acc, mask=live[:, None])
 
 
-# Backward (SPEC §1.2 step 6). With g_l = dL/dy[n, g, l*F:(l+1)*F] and P_c the entry of
+# Backward (docs/grids.md §2 step 6). With g_l = dL/dy[n, g, l*F:(l+1)*F] and P_c the entry of
 # corner c, the lookup y_l = sum_c w_c P_c with w_c = prod_k (b_k ? s_k : 1 - s_k) gives
 #   dL/dP_c  += w_c g_l                                               (scatter)
 #   dL/ds_k   = sum_c (b_k ? +1 : -1) prod_{m != k} (b_m ? s_m : 1 - s_m) <P_c, g_l>
@@ -464,7 +464,7 @@ def grid_double_backward_kernel(
             tl.store(dx_ptr + point_group * D + k, tl.where(inside, dx[k], 0.0), mask=live)
 
 
-# Deterministic parameter gradient (SPEC §1.3). Atomics add in a run-dependent order, so
+# Deterministic parameter gradient (docs/grids.md §5). Atomics add in a run-dependent order, so
 # instead every contribution (point, group, level, corner) writes its flat table row, ONE
 # stable sort over all levels orders them by row, and fixed chunks of CHUNK consecutive
 # contributions are summed by a segmented scan (a fixed tree per chunk). A row that spans

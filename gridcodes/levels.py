@@ -1,7 +1,7 @@
 """Level geometry of a multi-resolution grid: resolutions, table sizes, offsets.
 
 Everything here is computed once on the host from a frozen :class:`GridConfig`
-(SPEC §1.1). The hot path only ever sees the small integer table built by
+(docs/grids.md §1). The hot path only ever sees the small integer table built by
 :func:`level_table`.
 """
 
@@ -58,11 +58,11 @@ def level_resolutions(base_resolution: int, max_resolution: int, n_levels: int) 
 
 @dataclass(frozen=True)
 class GridConfig:
-    """Hyper-parameters of a :class:`~gridcodes.MultiResGrid` (SPEC §1.1).
+    """Hyper-parameters of a :class:`~gridcodes.MultiResGrid` (docs/grids.md §1).
 
     The derived geometry (``resolutions``, ``levels``, ``level_sizes``, ``offsets``) is
     validated and filled in on construction. ``convention`` picks the coordinate
-    convention and size rules (:mod:`gridcodes.conventions`): ``"gridcodes"`` (SPEC §1.2,
+    convention and size rules (:mod:`gridcodes.conventions`): ``"gridcodes"`` (docs/grids.md §2,
     the default) or ``"tcnn"`` / ``"torch-ngp"``, whose resolutions follow from
     ``base_resolution`` and ``per_level_scale`` (docs/tcnn.md).
     """
@@ -257,7 +257,7 @@ def level_table(config: GridConfig, device: torch.device | str | None = None) ->
     (:class:`~gridcodes.conventions.Level`) and compute, in wrapping uint32 arithmetic,
     ``index = combine_k(c_k * stride_k) & mask``, combine = XOR when ``use_hash``, else a
     sum, then reduce it modulo ``size`` as ``config.index_reduction`` says. That equals
-    SPEC §1.2 step 3 (and the tcnn / torch-ngp rules, docs/tcnn.md) for every grid type:
+    docs/grids.md §2 step 3 (and the tcnn / torch-ngp rules, docs/tcnn.md) for every grid type:
 
     - dense levels (and hash/tiled levels that fit, ``r**d <= T``): strides ``base**k``,
       mask all ones; the sum never wraps (``GridConfig`` checks the bound);

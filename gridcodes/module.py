@@ -1,4 +1,4 @@
-"""``MultiResGrid``: the ``nn.Module`` users hold (SPEC §1.1, §1.3)."""
+"""``MultiResGrid``: the ``nn.Module`` users hold (docs/grids.md §1, §3)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class MultiResGrid(nn.Module):
     ``grid(x)`` maps ``x`` of shape ``(..., n_groups, in_dim)`` (any float dtype; values are
     meant to lie in [0, 1], anything else is clamped, NaN read as 0) to features of shape
     ``(..., n_groups, n_levels * n_features)`` in the table's dtype. Group g of x reads only
-    group g of the table. Gradients flow to the table and to x (SPEC §1.2).
+    group g of the table. Gradients flow to the table and to x (docs/grids.md §2).
 
     Args:
         in_dim: coordinates per point, 1..7 (1..4 for the Triton backend).
@@ -60,7 +60,7 @@ class MultiResGrid(nn.Module):
         deterministic: bitwise-reproducible table gradients on the Triton backend (slower);
             also on while ``torch.use_deterministic_algorithms(True)`` is. The ``"cpu"`` and
             ``"torch"`` backends are always reproducible.
-        convention: ``"gridcodes"`` (align-corners, SPEC §1.2; the default), ``"tcnn"`` or
+        convention: ``"gridcodes"`` (align-corners, docs/grids.md §2; the default), ``"tcnn"`` or
             ``"torch-ngp"``: those libraries' positions, resolutions, sizes and hashing
             (docs/tcnn.md); the resolutions then follow from ``base_resolution`` and
             ``per_level_scale`` (``max_resolution`` and ``resolutions`` are not used).
@@ -241,7 +241,8 @@ class MultiResGrid(nn.Module):
         return self._cpu_geometry[key]
 
     def _warn_reference_on_cuda(self) -> None:
-        """SPEC §1.2: no silent fallback. Once per grid, say why 'auto' is not using Triton."""
+        """No silent fallback (docs/grids.md §3): once per grid, say why 'auto' is not using
+        Triton."""
         reason = triton_unsupported(self.config)
         if reason and not getattr(self, "_warned_fallback", False):
             self._warned_fallback = True

@@ -80,7 +80,7 @@ def _launch(kernel, grid: tuple, *args, num_warps: int = 4, **constants) -> None
     ``enable_fp_fusion=False``: the compiled code rounds every product and sum as the
     reference does. With contraction, ``f = p - i`` after ``p = x (r - 1)`` becomes
     ``fma(x, r - 1, -i)``, so at a vertex the compiled fraction is ±1e-7 where the
-    reference's is exactly 0 (SPEC §1.2 step 2).
+    reference's is exactly 0 (docs/grids.md §2 step 2).
     """
     _run(kernel, grid, args, {**constants, "num_warps": num_warps, "enable_fp_fusion": False})
 

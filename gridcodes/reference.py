@@ -1,6 +1,6 @@
 """Pure-PyTorch multi-resolution grid lookup: the ground truth.
 
-Written for clarity, one level at a time, following SPEC §1.2 step by step. It is
+Written for clarity, one level at a time, following docs/grids.md §2 step by step. It is
 differentiable by autograd (w.r.t. both the table and the coordinates), runs in
 float32 or float64 (``torch.autograd.gradcheck``), on any device, and is what the
 Triton kernels are tested against.
@@ -15,12 +15,12 @@ from .levels import HASH_PRIMES, GridConfig
 
 
 def compute_dtype(params: torch.Tensor) -> torch.dtype:
-    """float64 when the table is float64, else float32 (SPEC §1.2: computation in float32)."""
+    """float64 when the table is float64, else float32 (docs/grids.md §4)."""
     return torch.float64 if params.dtype == torch.float64 else torch.float32
 
 
 def sanitize(x: torch.Tensor) -> torch.Tensor:
-    """SPEC §1.2 step 1: NaN -> 0, +inf -> 1, -inf -> 0, then clamp to [0, 1]."""
+    """docs/grids.md §2 step 1: NaN -> 0, +inf -> 1, -inf -> 0, then clamp to [0, 1]."""
     return torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
 
 
@@ -31,7 +31,8 @@ def corner_offsets(in_dim: int, device: torch.device) -> torch.Tensor:
 
 
 def level_index(corner: torch.Tensor, config: GridConfig, level: int) -> torch.Tensor:
-    """SPEC §1.2 step 3: index within level ``level`` of integer vertices ``corner`` (..., d).
+    """docs/grids.md §2 step 3: index within level ``level`` of integer vertices ``corner``
+    (..., d).
 
     Hashed levels XOR ``c_k * π_k mod 2**32``; the others take the dense index
     ``D(c) = sum_k c_k base**k`` (base = r; torch-ngp: r + 1). Both are reduced modulo the
@@ -64,7 +65,7 @@ def fused_position(x: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
 
 
 def cell_position(x: torch.Tensor, level: Level) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPEC §1.2 step 2: cell origin ``i`` (int64) and fraction ``f`` in [0, 1].
+    """docs/grids.md §2 step 2: cell origin ``i`` (int64) and fraction ``f`` in [0, 1].
 
     gridcodes (align-corners): ``p = x (r - 1)``, ``i = min(floor p, r - 2)``; tcnn and
     torch-ngp: ``p = x scale + 0.5`` rounded once, ``i = floor p``. ``x`` must already be
@@ -80,14 +81,14 @@ def cell_position(x: torch.Tensor, level: Level) -> tuple[torch.Tensor, torch.Te
 
 
 def interpolation_weight(f: torch.Tensor, interpolation: str) -> torch.Tensor:
-    """SPEC §1.2 step 4: ``s = f`` (linear) or ``s = f**2 (3 - 2f)`` (smoothstep)."""
+    """docs/grids.md §2 step 4: ``s = f`` (linear) or ``s = f**2 (3 - 2f)`` (smoothstep)."""
     if interpolation == "smoothstep":
         return f * f * (3.0 - 2.0 * f)
     return f
 
 
 def _differentiable_coords(x: torch.Tensor) -> torch.Tensor:
-    """Sanitized coordinates whose gradient follows SPEC §1.2 step 6.
+    """Sanitized coordinates whose gradient follows docs/grids.md §2 step 6.
 
     Inside [0, 1] (bounds included) the input itself flows through, so the gradient
     at exactly 0 and 1 is the derivative inside the boundary cell (a clamp would
@@ -105,7 +106,7 @@ def grid_encode_reference(
 
     Args:
         x: ``(N, n_groups, in_dim)`` coordinates, any float dtype; values outside
-            [0, 1] (and NaN, ±inf) are handled per SPEC §1.2 step 1.
+            [0, 1] (and NaN, ±inf) are handled per docs/grids.md §2 step 1.
         params: ``(n_groups, n_entries, n_features)`` table; float32 or float64.
         config: the grid's geometry.
 

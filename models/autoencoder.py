@@ -92,7 +92,7 @@ class BRICSAutoencoder(PretrainedMixin, nn.Module):
         z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if self.training else mean
         return torch.sigmoid(z), mean, logvar
 
-    # --- statistics (App. E, SPEC §4) ----------------------------------------------------
+    # --- statistics (App. E) ----------------------------------------------------
     def grid_hit_counts(
         self, key_codes: torch.Tensor, counts: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 One home for the files the perceptual losses (LPIPS, VGG features) and the generation
 metrics (Inception, VGG-16, CLIP, clean-fid's Inception) need. Nothing here downloads: a
-missing file raises ``FileNotFoundError`` naming the path to place it at (SPEC §4).
+missing file raises ``FileNotFoundError`` naming the path to place it at (docs/training.md).
 """
 
 from __future__ import annotations

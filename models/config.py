@@ -17,21 +17,9 @@ GRID_RESOLUTION_RULES = ("authors", "text")
 NOISE_PLACEMENTS = ("code", "tiled")
 DECODER_CHANNEL_RULES = ("absolute", "relative")
 
-# Values of the fields added after the first release that reproduce the models saved before
-# them: a saved config without one of these fields gets this value (models/persistence.py).
-LEGACY_DEFAULTS = {
-    "grid_resolution_rule": "text",
-    "noise_placement": "tiled",
-    "decoder_channel_rule": "relative",
-    "decoder_extra_conv": False,
-}
-
-
 @dataclass(frozen=True)
 class BRICSConfig(ConfigMixin):
-    """Hyper-parameters of :class:`models.BRICSAutoencoder` (SPEC §2)."""
-
-    legacy_defaults = LEGACY_DEFAULTS  # class attribute, not a field
+    """Hyper-parameters of :class:`models.BRICSAutoencoder` (docs/fidelity.md)."""
 
     image_size: int = 256  # H = W
     code_size: int = 64  # Hz = Wz

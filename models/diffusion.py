@@ -1,4 +1,4 @@
-"""Stage 2: diffusion on key codes (SPEC §3, App. A.5-A.6) — forward process, loss, sampling.
+"""Stage 2: diffusion on key codes (App. A.5-A.6) — forward process, loss, sampling.
 
 Data are key codes z in [0, 1] mapped to x_0 = 2z - 1 in [-1, 1]. The forward process of a
 continuous schedule is ``x_t = sqrt(gamma(t)) x_0 + sqrt(1 - gamma(t)) eps``; the network

@@ -299,7 +299,7 @@ def _weighted_penalty(config: LossConfig, terms: dict, interval: int) -> torch.T
 
 def resolve_perceptual_loss(kind: str) -> tuple[str, nn.Module | None]:
     """``(kind, module)`` of ``build_perceptual_loss``; ``auto`` is LPIPS when its weights are
-    cached, else none with a warning (SPEC §4: a term is dropped only when told to)."""
+    cached, else none with a warning (a term is dropped only when told to)."""
     if kind != "auto":
         return kind, build_perceptual_loss(kind)
     try:

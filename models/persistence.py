@@ -1,9 +1,8 @@
 """Configs as frozen dataclasses, and models saved as ``config.json`` + ``model.safetensors``.
 
 Loading never unpickles; a checkpoint whose config differs from the one asked for raises
-an error naming every differing field. A config saved before a field existed gets the
-field's ``legacy_defaults`` value (the behaviour of the code that saved it), so old models
-load as they were trained.
+an error naming every differing field, and a config saved without some of today's fields
+(by an earlier version) raises naming them.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,13 +19,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 class ConfigMixin:
-    """``to_dict`` / ``from_dict`` / ``differences`` for frozen config dataclasses.
-
-    ``legacy_defaults`` (a class attribute): values of fields added later, for saved configs
-    that lack them.
-    """
-
-    legacy_defaults: ClassVar[dict] = {}
+    """``to_dict`` / ``from_dict`` / ``differences`` for frozen config dataclasses."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -38,8 +30,13 @@ class ConfigMixin:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown {cls.__name__} fields {unknown}")
-        missing = {k: v for k, v in cls.legacy_defaults.items() if k not in values}
-        return cls(**values, **missing)
+        missing = sorted(known - set(values))
+        if missing:
+            raise ValueError(
+                f"this {cls.__name__} was saved by an earlier version, without the fields "
+                f"{missing} that models have had since; it cannot be loaded by this one"
+            )
+        return cls(**values)
 
     def differences(self, other) -> list[str]:
         """``field: self != other`` for every differing field."""

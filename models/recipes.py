@@ -28,11 +28,9 @@ class Recipe:
 # count: the default is a short run, to be set with --max-steps. The authors' StyleGAN2 loss
 # applies the adversarial term from step 0.
 PAPER_AE = Recipe(lr=2e-3, batch_size=12, max_steps=800, gan_start=0)
-# Measured on the built-in photos (small-64, batch 8, no GAN, CPU, 2026-11-25): held-out PSNR
-# after 450 steps 16.3 dB at 2e-3 (falling since step 150) vs 19.5 dB at 5e-4 (rising). The
-# GAN starts at 30000 as taming-transformers' VQGAN, i.e. not within the default duration.
-# 1000 steps: what the CPU grid backend saves over the reference (1.67x at 800 steps,
-# 2026-11-30) spent on 200 more steps, in about the time 800 took before.
+# The CPU presets: lr 5e-4 (held-out PSNR falls at 2e-3), 1000 steps (the measurements:
+# bench/results/cpu_notes.md). The GAN starts at 30000 as taming-transformers' VQGAN, i.e.
+# not within the default duration.
 CPU_AE = Recipe(lr=5e-4, batch_size=8, max_steps=1000, gan_start=30000)
 AE_RECIPES: dict[str, Recipe] = {
     name: CPU_AE if name in ("small-64", "tiny-32") else PAPER_AE for name in PRESETS

@@ -1,4 +1,4 @@
-"""Samplers for epsilon-prediction models under a continuous schedule gamma(t) (SPEC §3).
+"""Samplers for epsilon-prediction models under a continuous schedule gamma(t).
 
 Every sampler walks a time grid from t = 1 to t = 0 and returns x_0 estimates; with
 ``clip=True`` the x_0 prediction of each step is clipped to [-1, 1] (the range of the

@@ -1,4 +1,4 @@
-"""Continuous-time noise schedules of the key-code diffusion model (App. A.6, SPEC §3).
+"""Continuous-time noise schedules of the key-code diffusion model (App. A.6).
 
 ``x_t = sqrt(gamma(t)) x_0 + sqrt(1 - gamma(t)) eps`` for t in [0, 1]; gamma(0) = 1 (clean
 data) falls to gamma(1) ~ 0 (pure noise). SNR(t) = gamma / (1 - gamma).

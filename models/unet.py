@@ -1,4 +1,4 @@
-"""The key-code denoiser: an Imagen/LDM-style UNet predicting epsilon (App. A.5, SPEC §3).
+"""The key-code denoiser: an Imagen/LDM-style UNet predicting epsilon (App. A.5).
 
 Residual blocks (GroupNorm, SiLU, 3x3 convolutions, the time embedding added in between),
 self-attention at chosen feature-map sizes, strided-conv downsampling, nearest + conv

@@ -285,34 +285,22 @@ def test_loading_with_a_different_config_names_the_field(tmp_path):
         BRICSAutoencoder.from_pretrained(tmp_path, config=other)
 
 
-def test_models_saved_before_the_authors_defaults_load_as_trained(tmp_path):
-    # A config.json written before grid_resolution_rule, noise_placement, decoder_channel_rule
-    # and decoder_extra_conv existed: those fields take the behaviour of the code that saved it.
-    old = get_preset("tiny-32", noise_placement="tiled")
-    model = BRICSAutoencoder(old, grid_backend="torch")
+def test_models_saved_without_todays_fields_name_them(tmp_path):
+    # A config.json written before grid_resolution_rule and decoder_extra_conv existed: this
+    # version names them rather than guess how the model was built.
+    model = BRICSAutoencoder(TINY, grid_backend="torch")
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
-    for name in BRICSConfig.legacy_defaults:
-        del saved[name]
+    del saved["grid_resolution_rule"], saved["decoder_extra_conv"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    loaded = BRICSAutoencoder.from_pretrained(tmp_path, grid_backend="torch")
-    assert loaded.config == old
-    # The first release's default preset, asked for under today's defaults: the error names
-    # every field whose default changed.
-    first_release = {**PRESETS["church-64x64x4"].to_dict(), "base_resolution": 4}
-    first_release["max_resolution"] = None
-    for name in BRICSConfig.legacy_defaults:
-        del first_release[name]
-    (tmp_path / "config.json").write_text(json.dumps(first_release))
-    with pytest.raises(ValueError, match=r"grid_resolution_rule: 'authors' != 'text'") as error:
+    with pytest.raises(ValueError, match="saved by an earlier version") as error:
+        BRICSAutoencoder.from_pretrained(tmp_path, grid_backend="torch")
+    assert "['decoder_extra_conv', 'grid_resolution_rule']" in str(error.value)
+    # Asked for under another preset, the error names every field that differs.
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"image_size: 256 != 32") as error:
         BRICSAutoencoder.from_pretrained(tmp_path, config=PRESETS["church-64x64x4"])
-    for name in (
-        "decoder_extra_conv",
-        "decoder_channel_rule",
-        "noise_placement",
-        "base_resolution",
-    ):
-        assert name in str(error.value)
+    assert "decoder_channel_rule" in str(error.value)
 
 
 def test_key_value_usage_rate_is_app_e_histogram_at_the_finest_resolution():

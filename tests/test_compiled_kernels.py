@@ -157,7 +157,8 @@ def test_no_spills_and_registers_within_budget(report):
 
 
 def test_cell_fraction_is_not_contracted(report):
-    """With fp fusion off, no FMA is emitted, so f = x (r - 1) - i rounds as SPEC's step 2."""
+    """With fp fusion off, no FMA is emitted, so f = x (r - 1) - i rounds as in docs/grids.md
+    §2 step 2."""
     for r in report["rows"]:
         assert r["no_contraction"], f"{where(r)}: {r['fma']}"
 

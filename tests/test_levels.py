@@ -1,4 +1,4 @@
-"""Resolution, size and index rules (SPEC §1.1, §1.2 step 3) on hand-computed small cases."""
+"""Resolution, size and index rules (docs/grids.md §1, §2 step 3) on hand-computed small cases."""
 
 import itertools
 import struct

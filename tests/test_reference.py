@@ -1,4 +1,4 @@
-"""The PyTorch reference against a literal scalar reading of SPEC §1.2, and its gradients."""
+"""The PyTorch reference against a literal scalar reading of docs/grids.md §2, and its gradients."""
 
 import math
 
@@ -12,7 +12,7 @@ from gridcodes.levels import HASH_PRIMES
 
 
 def scalar_lookup(point, params, config, group):
-    """SPEC §1.2 steps 1-5 for one point, in Python floats and ints."""
+    """docs/grids.md §2 steps 1-5 for one point, in Python floats and ints."""
     out = []
     for level, r in enumerate(config.resolutions):
         x = [0.0 if math.isnan(v) else min(max(v, 0.0), 1.0) for v in point]
@@ -113,7 +113,7 @@ def test_gradcheck_float64(grid_type, interpolation, in_dim):
 @pytest.mark.parametrize("interpolation", ["linear", "smoothstep"])
 def test_gradient_at_bounds_is_the_inner_cell_derivative(interpolation):
     # At exactly 0 and 1 the gradient is the one-sided derivative inside the boundary cell
-    # (SPEC §1.2 step 6), which a central finite difference would halve: compare it with
+    # (docs/grids.md §2 step 6), which a central finite difference would halve: compare it with
     # a one-sided difference taken from inside [0, 1].
     config = GridConfig(
         in_dim=2,

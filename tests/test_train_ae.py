@@ -103,14 +103,17 @@ def test_short_run_writes_logs_grids_metrics_and_checkpoints(tmp_path):
     assert any(not torch.equal(ema[k], current[k]) for k in ema)
 
 
-def test_checkpoints_without_ema_weights_resume_and_give_their_weights(tmp_path):
+def test_checkpoints_without_ema_weights_name_what_is_missing(tmp_path):
     run(tmp_path, "--max-steps", "2", "--save-every", "2", "--eval-every", "100")
     ckpt = latest_checkpoint(tmp_path)
+    assert find_autoencoder(tmp_path) == ckpt / "ema"
     shutil.rmtree(ckpt / "ema")  # as written before stage 1 kept EMA weights
-    assert find_autoencoder(tmp_path) == ckpt / "autoencoder"
-    resumed = run(tmp_path, "--max-steps", "3", "--save-every", "3", "--eval-every", "100")
-    assert "at step 2" in resumed.stderr
-    assert find_autoencoder(tmp_path) == latest_checkpoint(tmp_path) / "ema"
+    with pytest.raises(FileNotFoundError, match="holds no EMA weights") as error:
+        find_autoencoder(tmp_path)
+    assert str(ckpt / "autoencoder") in str(error.value)
+    assert find_autoencoder(ckpt / "autoencoder") == ckpt / "autoencoder"
+    resumed = run(tmp_path, "--max-steps", "3", check=False)
+    assert resumed.returncode == 2 and "holds no EMA weights" in resumed.stderr
 
 
 def test_paper_presets_start_the_gan_at_step_0():
@@ -322,24 +325,17 @@ def test_resuming_with_another_gan_loss_names_the_saved_one(tmp_path):
     run(tmp_path, "--max-steps", "2", "--gan", "wgan-gp")
 
 
-def test_checkpoint_from_before_the_global_batch_resumes_or_names_the_change(tmp_path):
-    # Checkpoints without "run_format" counted --batch-size per process and micro-step.
+def test_checkpoint_of_an_earlier_run_format_names_it(tmp_path):
+    # Run format 1 counted --batch-size per process and micro-step.
     run(tmp_path, "--max-steps", "2", "--eval-every", "100", "--save-every", "2")
     options_file = latest_checkpoint(tmp_path) / "options.json"
     saved = json.loads(options_file.read_text())
     assert saved["run_format"] == 2 and saved["batch_size"] == 4
     del saved["run_format"]
-    options_file.write_text(json.dumps(saved))  # as written before: 4 per process, 1 process
-    resumed = run(tmp_path, "--max-steps", "3", "--eval-every", "100", "--save-every", "3")
-    assert "resumed from" in resumed.stderr and "at step 2" in resumed.stderr
-    options_file = latest_checkpoint(tmp_path) / "options.json"
-    saved = json.loads(options_file.read_text())
-    del saved["run_format"]
-    saved["batch_size"] = 2  # an old run of 2 images per process: 2 per step, not 4
-    options_file.write_text(json.dumps(saved))
-    result = run(tmp_path, "--max-steps", "4", check=False)
-    assert result.returncode != 0
-    assert "resume with --batch-size 2 (got 4)" in result.stderr
+    options_file.write_text(json.dumps(saved))  # as written before
+    result = run(tmp_path, "--max-steps", "3", check=False)
+    assert result.returncode == 2
+    assert "run format 1, when --batch-size counted images per process" in result.stderr
 
 
 def test_batch_size_is_per_optimizer_step_and_must_split_over_processes(tmp_path):

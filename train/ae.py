@@ -191,7 +191,9 @@ class AutoencoderStage(Stage):
                 d_loss, d_terms = discriminator_loss(losses, self.disc, images, fake)
                 self._update(self.disc_opt, d_loss)
                 terms.update(d_terms)
-                if losses.lazy and losses.regularised(step):
+                # The penalty's own update, once per optimizer step: under --grad-accum, on
+                # the last micro-batch (its mean over fewer images), after D's update.
+                if losses.lazy and losses.regularised(step) and acc.sync_gradients:
                     reg_loss, reg_terms = discriminator_penalty(losses, self.disc, images, fake)
                     self._update(self.disc_opt, reg_loss)
                     terms.update(reg_terms)

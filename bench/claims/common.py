@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/
 
 import torch
 from common import environment as machine
+from common import write_results
 from tqdm import tqdm
 
 from train.core.data import EmbeddedPhotos
@@ -179,7 +180,6 @@ def pm(stats: dict, digits: int = 2) -> str:
 def save(out: Path, name: str, payload: dict, table: str, started: float) -> None:
     """Write ``<name>.json`` and ``<name>.md`` (the printed table) and print the table."""
     payload["runtime_s"] = time.perf_counter() - started
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     env = payload["environment"]
     header = (
         f"# {payload['title']}\n\n{env['date']}, {env.get('device', env.get('cpu'))}, "
@@ -187,7 +187,7 @@ def save(out: Path, name: str, payload: dict, table: str, started: float) -> Non
         f"torch {env['torch']}; runtime {payload['runtime_s'] / 60:.1f} min "
         f"(`{payload['command']}`).\n\n"
     )
-    (out / f"{name}.md").write_text(header + table + "\n")
+    write_results(out / name, payload, header + table + "\n")
     print(table)
 
 

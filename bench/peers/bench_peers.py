@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import os
 import shutil
@@ -38,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 from bench_grid import pass_fn
-from common import alternate, cuda_quantiles, environment
+from common import alternate, cuda_quantiles, environment, write_results
 
 from gridcodes import MultiResGrid
 
@@ -333,10 +332,8 @@ def markdown(env: dict, rows: list, checks: list, skipped: dict) -> str:
 
 
 def write(out: Path, env: dict, rows: list, checks: list, skipped: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     payload = {"environment": env, "rows": rows, "equivalence": checks, "skipped": skipped}
-    (out / "peers.json").write_text(json.dumps(payload, indent=1))
-    (out / "peers.md").write_text(markdown(env, rows, checks, skipped))
+    write_results(out / "peers", payload, markdown(env, rows, checks, skipped))
 
 
 def main() -> None:

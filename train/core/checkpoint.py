@@ -169,9 +169,8 @@ def _fsync_dir(folder: Path) -> None:
 def find_autoencoder(path: Path) -> Path:
     """The ``save_pretrained`` folder of an autoencoder: itself, a checkpoint's or a run's.
 
-    In a stage-1 checkpoint that holds EMA weights (``ema`` beside ``autoencoder``), those:
-    evaluation, the codes cache and sampling use the EMA weights, as the authors' G_ema.
-    Checkpoints written before stage 1 kept EMA weights give their ``autoencoder``.
+    In a stage-1 checkpoint, its EMA weights (``ema`` beside ``autoencoder``): evaluation,
+    the codes cache and sampling use the EMA weights, as the authors' G_ema.
     """
     path = Path(path)
     if is_saved_model(path):
@@ -181,7 +180,12 @@ def find_autoencoder(path: Path) -> Path:
         raise FileNotFoundError(
             f"no stage-1 autoencoder under {path} (a run, checkpoint or model folder)"
         )
-    return latest / "ema" if is_saved_model(latest / "ema") else latest / "autoencoder"
+    if not is_saved_model(latest / "ema"):
+        raise FileNotFoundError(
+            f"checkpoint {latest} holds no EMA weights (written before stage 1 kept them); "
+            f"pass {latest / 'autoencoder'} to use its trained weights"
+        )
+    return latest / "ema"
 
 
 def check_saved_config(path: Path, name: str, expected) -> None:
@@ -195,25 +199,16 @@ def check_saved_config(path: Path, name: str, expected) -> None:
         )
 
 
-def check_saved_batch(path: Path, batch_size: int) -> None:
-    """Raise when checkpoint ``path`` predates ``RUN_FORMAT`` 2 and trained with another batch.
-
-    Such a checkpoint recorded ``batch_size`` per process and micro-step; it resumes exactly
-    when the new ``batch_size`` (per optimizer step, all processes) equals that times its
-    processes (one ``rng_rank`` file each) times its ``grad_accum``.
-    """
+def check_run_format(path: Path) -> None:
+    """Raise when checkpoint ``path`` was written by an earlier run format (format 1 counted
+    ``--batch-size`` per process and micro-step)."""
     saved = json.loads((Path(path) / "options.json").read_text())
-    if saved.get("run_format", 1) >= RUN_FORMAT:
-        return
-    processes = len(list(Path(path).glob("rng_rank*.pt")))
-    per_step = saved["batch_size"] * processes * saved.get("grad_accum", 1)
-    if per_step != batch_size:
+    if saved.get("run_format", 1) != RUN_FORMAT:
         raise ValueError(
-            f"checkpoint {path} was written when --batch-size counted images per process and "
-            f"micro-step: it trained on {saved['batch_size']} x {processes} processes x "
-            f"{saved.get('grad_accum', 1)} micro-steps = {per_step} images per optimizer step. "
-            f"--batch-size now counts images per optimizer step: resume with --batch-size "
-            f"{per_step} (got {batch_size})"
+            f"checkpoint {path} was written by an earlier version (run format "
+            f"{saved.get('run_format', 1)}, when --batch-size counted images per process and "
+            f"micro-step); this version resumes run format {RUN_FORMAT}: start a new run in "
+            "another --output-dir"
         )
 
 

@@ -1,4 +1,4 @@
-"""Key codes of a dataset, encoded once by a stage-1 autoencoder and cached (SPEC §3).
+"""Key codes of a dataset, encoded once by a stage-1 autoencoder and cached.
 
 Codes are stored in float32: float16's spacing (2.4e-4 to 4.9e-4 in [0.25, 1]) is coarser
 than the spread of KL-regularised codes (sigma <= 2e-5), which is what Table 4 compares.

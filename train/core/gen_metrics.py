@@ -1,4 +1,4 @@
-"""Generation metrics (paper Tables 4-5, App. F; SPEC §4).
+"""Generation metrics (paper Tables 4-5, App. F; docs/training.md).
 
 - FID and CLIP-FID: Fréchet distance of clean-fid's Inception (``mode="clean"``) or CLIP
   ViT-B/32 (``model_name="clip_vit_b_32"``) features.

@@ -275,20 +275,22 @@ def restore(stage: Stage) -> Path | None:
         return None
     for name, config in stage.configs().items():
         checkpoint.check_saved_config(path, name, config)
-    checkpoint.check_saved_batch(path, options.batch_size)
+    checkpoint.check_run_format(path)
     checkpoint.check_saved_options(path, options, options.RESUME_FIXED)
     networks = stage.networks()
-    # Stage-1 checkpoints written before it kept EMA weights: the EMA starts from the weights.
-    has_ema = stage.ema is not None and checkpoint.has_network(path, "ema")
-    if has_ema:
+    if stage.ema is not None:
+        if not checkpoint.has_network(path, "ema"):
+            raise ValueError(
+                f"checkpoint {path} holds no EMA weights (written before the stage kept "
+                "them); this version resumes checkpoints that have them: start a new run in "
+                "another --output-dir"
+            )
         networks["ema"] = stage.ema.model
     state = checkpoint.load_checkpoint(path, networks)
     for name, obj in stage.stateful().items():
         obj.load_state_dict(state[name])
-    if has_ema:
+    if stage.ema is not None:
         stage.ema.updates = int(state["ema_updates"])
-    elif stage.ema is not None:
-        stage.ema.model.load_state_dict(stage.ema.source.state_dict())
     stage.step = int(state["step"])
     if stage.scheduler.last_epoch != stage.step:
         # Written by a run whose prepared scheduler stepped once per process: re-align the

@@ -1,4 +1,4 @@
-"""Reconstruction metrics (paper Table 2, SPEC §4): PSNR, SSIM, LPIPS; key-code and grid statistics.
+"""Reconstruction metrics (paper Table 2): PSNR, SSIM, LPIPS; key-code and grid statistics.
 
 PSNR and SSIM are computed on images mapped from [-1, 1] to [0, 1] with data range 1.
 """
