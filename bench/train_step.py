@@ -250,7 +250,7 @@ def measure(args, env: dict, stem: Path) -> list[dict]:
     for precision in args.precisions:
         specs = [{**p, "precision": precision} for p in providers(args)]
         results = {}
-        for spec in specs:  # counts, one process per provider
+        for spec in specs if args.count else []:  # counts, one process per provider
             results[spec["name"]] = spawn({**spec, "count": True, "steps": 0, "warmup": 0})
             print(f"{spec['name']} {precision}: {summary(results[spec['name']])}", flush=True)
             write(stem, env, rows + assemble(specs, results, {}))
@@ -259,6 +259,7 @@ def measure(args, env: dict, stem: Path) -> list[dict]:
             order = specs[round_index % len(specs) :] + specs[: round_index % len(specs)]
             for spec in order:
                 timed = spawn({**spec, "count": False, "steps": args.steps, "warmup": args.warmup})
+                results.setdefault(spec["name"], timed)  # without counts: the timed kinds
                 for kind, entry in timed["kinds"].items():
                     times[spec["name"]].setdefault(kind, []).append(entry)
                 print(f"round {round_index} {spec['name']} {precision}: done", flush=True)
@@ -304,6 +305,10 @@ def assemble(specs: list[dict], results: dict, times: dict) -> list[dict]:
     return rows
 
 
+def _count(row: dict, key: str, spec: str = "") -> str:
+    return "—" if key not in row else format(row[key], spec)
+
+
 def summary(result: dict) -> str:
     return "; ".join(
         f"{kind}: {e['aten_ops']} ops, {e['convolutions']} convs "
@@ -334,19 +339,26 @@ def markdown(env: dict, rows: list[dict]) -> str:
             good = ms and ref and ref.get("ms_median") and r["provider"] != other
             ratios.append(f"{ref['ms_median'] / ms:.2f}x" if good else "—")
         lines.append(
-            f"| {r['provider']} | {r['precision']} | {r['kind']} | {r['aten_ops']} | "
-            f"{r['convolutions']} | {r['grouped_convolutions']} | {r['tflop']:.3f} | "
+            f"| {r['provider']} | {r['precision']} | {r['kind']} | {_count(r, 'aten_ops')} | "
+            f"{_count(r, 'convolutions')} | {_count(r, 'grouped_convolutions')} | "
+            f"{_count(r, 'tflop', '.3f')} | "
             + (
                 f"{ms:.0f} | {r['ms_min']:.0f}–{r['ms_max']:.0f} | {r['images_per_s']:.2f} | "
                 if ms
                 else "— | — | — | "
             )
-            + f"{r.get('peak_memory_gb', float('nan')):.2f} | {ratios[0]} | {ratios[1]} |"
+            + f"{_count(r, 'peak_memory_gb', '.2f')} | {ratios[0]} | {ratios[1]} |"
         )
     lines += [
         "",
         "vs VQ-f4 / vs baseline: that provider's step time over this row's (> 1: this row is "
-        "faster), same precision and kind of step.",
+        "faster), same precision and kind of step. `brics-baseline`: BRICS as the code of "
+        "the `--baseline` checkout trains it. A step is `AutoencoderStage.train_step` of "
+        "`train/ae.py`, GAN on; *regularised* steps also run the penalty (every "
+        "`--reg-interval` steps; every step for WGAN-GP). Counts are of what a GPU runs: the "
+        "grid's Triton kernels (interpreted on the CPU) and the FIR passes in their CUDA "
+        "form; views and other metadata ops included. TFLOP: `torch.utils.flop_counter`'s "
+        "formulas (convolutions and matrix products).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -417,6 +429,12 @@ def parse(argv=None):
     parser.add_argument("--compile", action="store_true", help="train/ae.py --compile true")
     parser.add_argument("--no-perceptual", action="store_true", help="no LPIPS term")
     parser.add_argument("--count-only", action="store_true", help="ops and FLOPs, no timing")
+    parser.add_argument(
+        "--no-count",
+        dest="count",
+        action="store_false",
+        help="timing only (the counts do not depend on the device: count on the CPU)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="output stem (.json/.md added)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -425,6 +443,8 @@ def parse(argv=None):
     cpu = args.device == "cpu"
     args.batch_size = args.batch_size or (1 if cpu else 12)
     args.precisions = args.precisions or (["fp32"] if cpu else ["tf32", "bf16"])
+    if args.count_only and not args.count:
+        parser.error("--count-only and --no-count leave nothing to measure")
     args.rounds = 0 if args.count_only else (args.rounds or (3 if cpu else 1))
     args.steps = args.steps or (1 if cpu else 10)
     for name in ("batch_size", "steps", "warmup"):

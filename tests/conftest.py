@@ -10,7 +10,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# Under pytest-xdist (``pytest -n 2``, the README's test command) each worker process gets
+# Under pytest-xdist (``pytest -n auto``, the README's test command) each worker process gets
 # one thread, so that the workers share the cores instead of oversubscribing them.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
