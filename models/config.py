@@ -17,6 +17,7 @@ GRID_RESOLUTION_RULES = ("authors", "text")
 NOISE_PLACEMENTS = ("code", "tiled")
 DECODER_CHANNEL_RULES = ("absolute", "relative")
 
+
 @dataclass(frozen=True)
 class BRICSConfig(ConfigMixin):
     """Hyper-parameters of :class:`models.BRICSAutoencoder` (docs/fidelity.md)."""
