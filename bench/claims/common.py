@@ -14,14 +14,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # models/, train/ of this checkout
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # bench/, models/, train/
 
 import torch
-from common import environment as machine
-from common import write_results
 from tqdm import tqdm
 
+from bench.common import environment as machine
+from bench.common import write_results
 from train.core.data import EmbeddedPhotos
 from train.core.metrics import mean_std, psnr, ssim
 

@@ -53,7 +53,9 @@ class EMA:
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         ema, current = list(self.model.parameters()), list(self.source.parameters())
         torch._foreach_lerp_(ema, [p.detach() for p in current], 1 - decay)
-        torch._foreach_copy_(list(self.model.buffers()), list(self.source.buffers()))
+        buffers = list(self.model.buffers())
+        if buffers:  # foreach ops refuse empty lists
+            torch._foreach_copy_(buffers, list(self.source.buffers()))
 
 
 class Stage(ABC):
