@@ -22,7 +22,8 @@ import argparse
 import time
 
 import torch
-from common import (
+from contenders import BRICS
+from harness import (
     add_common_arguments,
     command_line,
     environment,
@@ -37,7 +38,6 @@ from common import (
     setup,
     train,
 )
-from contenders import BRICS
 
 PRESET = "tiny-32"
 VARIANTS = {  # name -> field overrides of the preset

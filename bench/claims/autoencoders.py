@@ -21,7 +21,8 @@ import argparse
 import time
 
 import torch
-from common import (
+from contenders import BRICS, KL, VQ
+from harness import (
     add_common_arguments,
     command_line,
     environment,
@@ -36,7 +37,6 @@ from common import (
     setup,
     train,
 )
-from contenders import BRICS, KL, VQ
 
 from train.core.evaluation import save_image_grid
 

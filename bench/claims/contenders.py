@@ -17,6 +17,11 @@ The baselines are benchmark-only dependencies (``pip install -e ".[bench]"``).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # models/ of this checkout
+
 import torch
 import torch.nn.functional as F
 from torch import nn

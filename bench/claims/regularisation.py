@@ -29,7 +29,8 @@ import argparse
 import time
 
 import torch
-from common import (
+from contenders import BRICS
+from harness import (
     add_common_arguments,
     command_line,
     environment,
@@ -44,7 +45,6 @@ from common import (
     setup,
     train,
 )
-from contenders import BRICS
 
 from models.diffusion import KeyCodeDiffusion, codes_to_data, data_to_codes
 from models.samplers import sample
@@ -62,7 +62,7 @@ SIGMAS = (0.0, 1 / 512, 1 / 256, 1 / 128, 1 / 64, 1 / 32)  # the last two: beyon
 
 
 class CodeDenoiser(torch.nn.Module):
-    """The tiny UNet with the diffusion loss, trainable by ``common.train``."""
+    """The tiny UNet with the diffusion loss, trainable by ``harness.train``."""
 
     betas, eps = (0.9, 0.999), 1e-8
 
