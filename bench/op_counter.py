@@ -3,6 +3,10 @@
 A CPU run dispatches the same aten ops as a GPU run of the same code, so these counts say
 what a GPU would launch without one (views and other metadata ops included: they launch
 no kernel, and ``kernel_ops`` leaves them out).
+
+FLOPs are ``torch.utils.flop_counter``'s formulas (convolutions and matrix products);
+``filter_tflop`` is the part of them in FIR passes (:func:`is_fir`), which code that
+filters by elementwise ops does not show.
 """
 
 from __future__ import annotations
@@ -54,6 +58,22 @@ HOST_SYNC_OPS = frozenset(
 )
 
 
+# StyleGAN2's 4 x 4 FIR filter, the outer product of [1, 3, 3, 1], up to its gain
+FIR_TAPS = [[a * b for b in (1, 3, 3, 1)] for a in (1, 3, 3, 1)]
+
+
+def is_fir(weight) -> bool:
+    """Whether a convolution's weight is FIR filtering: one input channel per filter and the
+    filter's taps (folded or depthwise, any gain; a weight-gradient convolution whose filter
+    is a 4 x 4 activation of one channel is not)."""
+    import torch
+
+    if weight.dim() != 4 or weight.shape[1] != 1 or tuple(weight.shape[-2:]) != (4, 4):
+        return False
+    taps = weight[0, 0].detach().double()
+    return bool(torch.allclose(taps / taps[0, 0], taps.new_tensor(FIR_TAPS)))
+
+
 class OpCounter:
     """Counts the aten ops a block dispatches (forward, backward and double backward), its
     convolutions and the grouped ones among them (``groups > 1``), FLOPs, and host syncs::
@@ -75,7 +95,7 @@ class OpCounter:
                 return out
 
         self.mode, self.ops, self.convolutions, self.grouped = Mode(), Counter(), Counter(), 0
-        self.flops = 0
+        self.flops = self.filter_flops = 0
 
     def __enter__(self) -> OpCounter:
         self.mode.__enter__()
@@ -89,13 +109,17 @@ class OpCounter:
 
         name = func.overloadpacket.__name__
         self.ops[name] += 1
+        flops = 0
         if func.overloadpacket in flop_registry:  # FlopCounterMode's formulas, without its
             # module hooks (they break torch.autograd.grad)
-            self.flops += flop_registry[func.overloadpacket](*args, **kwargs, out_val=out)
+            flops = flop_registry[func.overloadpacket](*args, **kwargs, out_val=out)
+            self.flops += flops
         if "convolution" not in name or name.startswith("_convolution_double"):
             return
         self.convolutions[name] += 1
         names = [a.name for a in func._schema.arguments]
+        if "weight" in names and is_fir(args[names.index("weight")]):
+            self.filter_flops += flops
         if "groups" in names:
             index = names.index("groups")
             groups = args[index] if index < len(args) else kwargs.get("groups", 1)
@@ -106,6 +130,7 @@ class OpCounter:
             "aten_ops": sum(self.ops.values()),
             "kernel_ops": sum(n for op, n in self.ops.items() if op not in METADATA_OPS),
             "tflop": self.flops / 1e12,
+            "filter_tflop": self.filter_flops / 1e12,
             "convolutions": sum(self.convolutions.values()),
             "grouped_convolutions": self.grouped,
             "host_syncs": {op: n for op, n in self.ops.items() if op in HOST_SYNC_OPS},

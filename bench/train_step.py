@@ -326,9 +326,9 @@ def markdown(env: dict, rows: list[dict]) -> str:
         f"diffusers {env.get('diffusers', '—')}. `python bench/train_step.py "
         f"{env.get('command', '')}`",
         "",
-        "| provider | precision | step | aten ops | convs | grouped | TFLOP | ms/step (median) "
-        "| min–max | images/s | peak GB | vs VQ-f4 | vs baseline |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| provider | precision | step | aten ops | convs | grouped | TFLOP | of it FIR "
+        "| ms/step (median) | min–max | images/s | peak GB | vs VQ-f4 | vs baseline |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     index = {(r["provider"], r["precision"], r["kind"]): r for r in rows}
     for r in rows:
@@ -341,7 +341,7 @@ def markdown(env: dict, rows: list[dict]) -> str:
         lines.append(
             f"| {r['provider']} | {r['precision']} | {r['kind']} | {_count(r, 'aten_ops')} | "
             f"{_count(r, 'convolutions')} | {_count(r, 'grouped_convolutions')} | "
-            f"{_count(r, 'tflop', '.3f')} | "
+            f"{_count(r, 'tflop', '.3f')} | {_count(r, 'filter_tflop', '.3f')} | "
             + (
                 f"{ms:.0f} | {r['ms_min']:.0f}–{r['ms_max']:.0f} | {r['images_per_s']:.2f} | "
                 if ms
@@ -358,7 +358,9 @@ def markdown(env: dict, rows: list[dict]) -> str:
         "`--reg-interval` steps; every step for WGAN-GP). Counts are of what a GPU runs: the "
         "grid's Triton kernels (interpreted on the CPU) and the FIR passes in their CUDA "
         "form; views and other metadata ops included. TFLOP: `torch.utils.flop_counter`'s "
-        "formulas (convolutions and matrix products).",
+        "formulas (convolutions and matrix products); *of it FIR*: in the FIR passes "
+        "(convolutions by StyleGAN2's 4 x 4 filter; FIR passes made of elementwise ops "
+        "count no FLOPs there).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -31,6 +31,7 @@ def test_one_step_has_no_grouped_convolution_no_host_sync_and_keeps_the_op_budge
         assert row["host_syncs"] == {}, (kind, row["host_syncs"])
         assert row["aten_ops"] <= BUDGET[kind], (kind, row["aten_ops"], row["top_ops"])
         assert 0 < row["kernel_ops"] < row["aten_ops"]
+        assert 0 < row["filter_tflop"] < 0.05 * row["tflop"]  # the FIR passes: a small part
     # The penalty (lazy R1) costs a D pass, its backward and double backward, every 16 steps
     regularised, plain = kinds["regularised"], kinds["unregularised"]
     assert regularised["reg_interval"] == 16

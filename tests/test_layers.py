@@ -69,6 +69,7 @@ def test_fir_is_differentiable_to_any_order_with_one_pass_per_derivative(op, for
     assert counts["convolutions"] == 4, counts["convolution_ops"]
     grouped = {"folded": 0, "depthwise": 4}[form]  # folded: the CUDA form
     assert counts["grouped_convolutions"] == grouped
+    assert counts["filter_tflop"] == counts["tflop"] > 0  # all of it FIR arithmetic
 
 
 def grouped_modulated_conv(conv: ModulatedConv2d, x: torch.Tensor, s: torch.Tensor):
