@@ -274,7 +274,7 @@ def _axis_weights(factors: torch.Tensor) -> list[torch.Tensor]:
 
 
 def _differences(entries: torch.Tensor, geo: Geometry) -> list[torch.Tensor]:
-    """Per axis k, ``table[neighbour across k] - table[row]`` for the rows of dense and tiled
+    """Per axis k, ``entries[neighbour across k] - entries[row]`` for the rows of dense and tiled
     levels (rows of hashed levels are left unset): (rows, F) each.
 
     On these levels the corner with b_k = 1 lies a fixed number of rows (``r**k``, modulo
@@ -298,7 +298,7 @@ def _differences(entries: torch.Tensor, geo: Geometry) -> list[torch.Tensor]:
 
 
 def _bags(rows: torch.Tensor, entries: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``sum_j weights[b, j] * table[rows[b, j]]`` for every bag b of ``rows`` (B, K): one
+    """``sum_j weights[b, j] * entries[rows[b, j]]`` for every bag b of ``rows`` (B, K): one
     ``embedding_bag`` (fbgemm's fused gather and weighted sum, parallel in ATen), with the
     bags' offsets made once per shape instead of every call."""
     n_bags, size = rows.shape

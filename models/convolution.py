@@ -128,7 +128,7 @@ class WeightGrad(torch.autograd.Function):
     def forward(ctx, grad, x, weight, stride: int, padding: int):  # weight: for its shape
         ctx.save_for_backward(grad, x)
         ctx.stride, ctx.padding = stride, padding
-        return _weight_grad(grad, x, weight.detach(), stride, padding)
+        return _weight_grad(grad, x, weight, stride, padding)  # no graph in forward
 
     @staticmethod
     def backward(ctx, h):

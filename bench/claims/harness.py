@@ -181,7 +181,7 @@ def save(out: Path, name: str, payload: dict, table: str, started: float) -> Non
     payload["runtime_s"] = time.perf_counter() - started
     env = payload["environment"]
     header = (
-        f"# {payload['title']}\n\n{env['date']}, {env.get('device', env.get('cpu'))}, "
+        f"# {payload['title']}\n\n{env['date']}, {env['device']}, "
         f"{env['threads']} threads, "
         f"torch {env['torch']}; runtime {payload['runtime_s'] / 60:.1f} min "
         f"(`{payload['command']}`).\n\n"
