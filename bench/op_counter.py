@@ -58,6 +58,22 @@ HOST_SYNC_OPS = frozenset(
 )
 
 
+# The CPU's fused attention, which torch.utils.flop_counter's registry lacks: counted by the
+# formulas of its CUDA counterparts
+CPU_ATTENTION = (
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention_for_cpu_backward",
+)
+
+
+def _cpu_attention_flops(name: str, args) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    if name == CPU_ATTENTION[0]:  # query, key, value
+        return sdpa_flop_count(*(a.shape for a in args[:3]))
+    return sdpa_backward_flop_count(*(a.shape for a in args[:4]))  # grad_out, q, k, v
+
+
 # StyleGAN2's 4 x 4 FIR filter, the outer product of [1, 3, 3, 1], up to its gain
 FIR_TAPS = [[a * b for b in (1, 3, 3, 1)] for a in (1, 3, 3, 1)]
 
@@ -113,7 +129,9 @@ class OpCounter:
         if func.overloadpacket in flop_registry:  # FlopCounterMode's formulas, without its
             # module hooks (they break torch.autograd.grad)
             flops = flop_registry[func.overloadpacket](*args, **kwargs, out_val=out)
-            self.flops += flops
+        elif name in CPU_ATTENTION:
+            flops = _cpu_attention_flops(name, args)
+        self.flops += flops
         if "convolution" not in name or name.startswith("_convolution_double"):
             return
         self.convolutions[name] += 1

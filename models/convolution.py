@@ -71,7 +71,7 @@ def _input_grad(grad: torch.Tensor, weight: torch.Tensor, size, stride: int, pad
     return F.conv_transpose2d(grad, weight, None, stride, padding, extra)
 
 
-def _autocast(*tensors):
+def autocast_inputs(*tensors):
     """``tensors`` in autocast's dtype where autocast is on for their device (the saved
     tensors and every derivative then run in it), and a context that turns autocast off."""
     device = tensors[0].device.type
@@ -86,7 +86,7 @@ def _autocast(*tensors):
 class Conv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride: int, padding: int):
-        (x, weight, bias), no_autocast = _autocast(x, weight, bias)
+        (x, weight, bias), no_autocast = autocast_inputs(x, weight, bias)
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
         with no_autocast:

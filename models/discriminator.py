@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import EqualConv2d, EqualLinear
+from .layers import EqualConv2d, EqualLinear, equalized
 
 
 class DiscriminatorBlock(nn.Module):
@@ -22,8 +22,14 @@ class DiscriminatorBlock(nn.Module):
         self.conv2 = EqualConv2d(c_in, c_out, 3, downsample=True, activation=True, gain=half)
         self.skip = EqualConv2d(c_in, c_out, 1, downsample=True, bias=False, gain=half)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(self.conv1(x)) + self.skip(x)
+    def layers(self) -> list[EqualConv2d]:
+        return [self.conv1, self.conv2, self.skip]
+
+    def forward(self, x: torch.Tensor, params=None) -> torch.Tensor:
+        """``params``: the layers' scaled parameters from :func:`equalized`, in
+        :meth:`layers` order (default: scaled here)."""
+        conv1, conv2, skip = params or equalized(self.layers())
+        return self.conv2(self.conv1(x, *conv1), *conv2) + self.skip(x, *skip)
 
 
 def minibatch_stddev(x: torch.Tensor, group_size: int = 4, parts: int = 1) -> torch.Tensor:
@@ -73,6 +79,19 @@ class Discriminator(nn.Module):
         """Logits (B,) of images (B, 3, H, W); ``parts``: see :func:`minibatch_stddev`."""
         if images.shape[0] % parts:
             raise ValueError(f"batch {images.shape[0]} does not split into parts={parts}")
-        x = self.blocks(self.from_rgb(images))
-        x = self.final_conv(minibatch_stddev(x, parts=parts))
-        return self.final_linear(x.flatten(1)).squeeze(1)
+        # Every layer's equalized-lr scales in one pass, made afresh per call (after each
+        # optimizer step the parameters differ)
+        params = iter(equalized(self.layers()))
+        x = self.from_rgb(images, *next(params))
+        for block in self.blocks:
+            x = block(x, [next(params) for _ in block.layers()])
+        x = self.final_conv(minibatch_stddev(x, parts=parts), *next(params))
+        x = x.flatten(1)
+        for layer in self.final_linear:
+            x = layer(x, *next(params))
+        return x.squeeze(1)
+
+    def layers(self) -> list[nn.Module]:
+        """Every equalized layer, in the order :meth:`forward` runs them."""
+        blocks = [layer for block in self.blocks for layer in block.layers()]
+        return [self.from_rgb, *blocks, self.final_conv, *self.final_linear]

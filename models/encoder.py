@@ -25,7 +25,43 @@ CHANNEL_MULTIPLIERS = {
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=1e-6)
+    return GroupNorm(32, channels, eps=1e-6)
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (affine; same parameters and results) as one kernel forward and one
+    backward (:class:`_GroupNorm`): PyTorch's own dispatches two more ops each way. Under
+    autocast it runs in float32 on every device, as CUDA's autocast runs ``group_norm``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return _GroupNorm.apply(
+                    x.float(), self.weight.float(), self.bias.float(), self.num_groups, self.eps
+                )
+        return _GroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)
+
+
+class _GroupNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups: int, eps: float):
+        n, c = x.shape[:2]
+        sizes = (n, c, x.numel() // (n * c), groups)
+        y, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, *sizes, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.sizes = sizes
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight, mean, rstd = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:3])
+        grads = torch.ops.aten.native_group_norm_backward(
+            grad.to(x.dtype), x, mean, rstd, weight, *ctx.sizes, mask
+        )
+        return *grads, None, None
 
 
 class ResnetBlock(nn.Module):
@@ -58,7 +94,11 @@ class AttnBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).unbind(1)
+        # Channels last in memory (one copy): the fused attention kernels (CPU flash, CUDA
+        # flash / memory-efficient) need unit stride over channels, else PyTorch falls back
+        # to the unfused form, which materialises the (h w)^2 attention matrix.
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).transpose(-1, -2).contiguous()
+        q, k, v = qkv.unbind(1)
         out = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 

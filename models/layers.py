@@ -1,7 +1,9 @@
 """StyleGAN2 building blocks shared by the decoder and the discriminator.
 
 Equalized learning rate (Karras et al. 2018): weights are stored ~N(0, 1/lr_mul) and scaled
-by ``lr_mul / sqrt(fan_in)`` at run time. Resampling uses the [1, 3, 3, 1] FIR filter
+by ``lr_mul / sqrt(fan_in)`` at run time. A network scales all its layers' parameters in one
+pass (:func:`equalized`: one foreach kernel forward, one backward) instead of a
+multiplication per tensor per call. Resampling uses the [1, 3, 3, 1] FIR filter
 (StyleGAN2 App. B) of :mod:`models.resample`.
 """
 
@@ -24,6 +26,78 @@ def lrelu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, 0.2) * LRELU_GAIN
 
 
+def leaky_relu(x: torch.Tensor) -> torch.Tensor:
+    """``F.leaky_relu(x, 0.2)``, differentiable to any order with one kernel per derivative
+    (:class:`LeakyReLU`)."""
+    return LeakyReLU.apply(x)
+
+
+class LeakyReLU(torch.autograd.Function):
+    """Leaky ReLU (slope 0.2) whose backward, :class:`LeakyReLUGrad`, is one
+    ``leaky_relu_backward`` at every order: PyTorch's own double backward also zero-fills a
+    tensor for the (zero) derivative with respect to the input, and adds it, per activation
+    of D in the gradient penalty. Saves its input, as PyTorch's own (saving the output
+    costs a ``detach`` each way)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return F.leaky_relu(x, 0.2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return LeakyReLUGrad.apply(grad, x)
+
+
+class LeakyReLUGrad(torch.autograd.Function):
+    """``grad`` times leaky ReLU's slope at ``x`` (1 or 0.2): linear in ``grad``, so its
+    backward is itself; piecewise constant in ``x``, so nothing flows to ``x``."""
+
+    @staticmethod
+    def forward(ctx, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return torch.ops.aten.leaky_relu_backward(grad, x, 0.2, False)
+
+    @staticmethod
+    def backward(ctx, h: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return LeakyReLUGrad.apply(h, x), None
+
+
+class ScaleEach(torch.autograd.Function):
+    """``tensors[i] * factors[i]`` for every i in one foreach kernel. The map is linear, so
+    its backward is itself (on the gradients that are defined): one kernel per pass at
+    every order of differentiation."""
+
+    @staticmethod
+    def forward(ctx, factors: tuple[float, ...], *tensors: torch.Tensor):
+        ctx.factors = factors
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for unused outputs
+        return tuple(torch._foreach_mul(list(tensors), list(factors)))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        live = [i for i, g in enumerate(grads) if g is not None]
+        out = [None] * len(grads)
+        if live:
+            scaled = ScaleEach.apply(tuple(ctx.factors[i] for i in live), *(grads[i] for i in live))
+            for i, g in zip(live, scaled):
+                out[i] = g
+        return None, *out
+
+
+def equalized(layers) -> list[tuple[torch.Tensor, ...]]:
+    """The run-time parameters of every layer in ``layers`` (each with
+    ``equalized_parameters()``: pairs of a stored tensor and its factor), all scaled in one
+    :class:`ScaleEach` pass: one tuple per layer, in that layer's order."""
+    layers = list(layers)
+    pairs = [layer.equalized_parameters() for layer in layers]
+    flat = [pair for group in pairs for pair in group]
+    scaled = iter(ScaleEach.apply(tuple(f for _, f in flat), *(t for t, _ in flat)))
+    return [tuple(next(scaled) for _ in group) for group in pairs]
+
+
 class EqualLinear(nn.Module):
     """Linear layer with equalized learning rate; optional leaky-ReLU activation."""
 
@@ -42,13 +116,18 @@ class EqualLinear(nn.Module):
         self.lr_mul = lr_mul
         self.activation = activation
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def equalized_parameters(self) -> list[tuple[torch.Tensor, float]]:
         # lrelu(z) = leaky_relu(z * gain): the gain folds into the weight and bias scales
         gain = LRELU_GAIN if self.activation else 1.0
-        bias_scale = self.lr_mul * gain
-        bias = self.bias if bias_scale == 1 else self.bias * bias_scale
-        out = F.linear(x, self.weight * (self.scale * gain), bias)
-        return F.leaky_relu(out, 0.2) if self.activation else out
+        return [(self.weight, self.scale * gain), (self.bias, self.lr_mul * gain)]
+
+    def forward(self, x: torch.Tensor, weight=None, bias=None) -> torch.Tensor:
+        """``weight``, ``bias``: this layer's scaled parameters when :func:`equalized` made
+        them for a whole network (default: scaled here)."""
+        if weight is None:
+            ((weight, bias),) = equalized([self])
+        out = F.linear(x, weight, bias)
+        return leaky_relu(out) if self.activation else out
 
 
 class EqualConv2d(nn.Module):
@@ -83,14 +162,20 @@ class EqualConv2d(nn.Module):
         # scales, since leaky ReLU is positively homogeneous.
         self.out_scale = gain * (LRELU_GAIN if activation else 1.0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def equalized_parameters(self) -> list[tuple[torch.Tensor, float]]:
+        t = self.out_scale
+        return [(self.weight, self.scale * t)] + ([] if self.bias is None else [(self.bias, t)])
+
+    def forward(self, x: torch.Tensor, weight=None, bias=None) -> torch.Tensor:
+        """``weight``, ``bias``: this layer's scaled parameters when :func:`equalized` made
+        them for a whole network (default: scaled here)."""
+        if weight is None:
+            weight, bias = (*equalized([self])[0], None)[:2]
         stride, k = 1, self.weight.shape[-1]
         if self.downsample and k == 1:
             x = downsample_2x(x)
         elif self.downsample:
             # Padding so that the stride-2 conv below halves the size exactly (k odd).
             x, stride = blur(x, padding=(k + 1) // 2), 2
-        t = self.out_scale
-        bias = self.bias if self.bias is None or t == 1 else self.bias * t
-        out = conv2d(x, self.weight * (self.scale * t), bias, stride, self.padding)
-        return F.leaky_relu(out, 0.2) if self.activation else out
+        out = conv2d(x, weight, bias, stride, self.padding)
+        return leaky_relu(out) if self.activation else out

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import LRELU_GAIN, EqualLinear
+from .convolution import autocast_inputs
+from .layers import LRELU_GAIN, EqualLinear, equalized
 from .resample import blur, upsample_2x
 
 
@@ -31,10 +32,14 @@ class StyleMapping(nn.Module):
             )
         )
 
-    def forward(self, feature_block: torch.Tensor) -> torch.Tensor:
+    def forward(self, feature_block: torch.Tensor, params=None) -> torch.Tensor:
+        """``params``: the layers' scaled parameters from :func:`equalized` (default: scaled
+        here, all in one pass)."""
         pooled = feature_block.mean(dim=(2, 3))
-        normalized = pooled * torch.rsqrt(pooled.square().mean(dim=1, keepdim=True) + 1e-8)
-        return self.layers(normalized)
+        x = pooled * torch.rsqrt(pooled.square().mean(dim=1, keepdim=True) + 1e-8)
+        for layer, scaled in zip(self.layers, params or equalized(self.layers)):
+            x = layer(x, *scaled)
+        return x
 
 
 class ModulatedConv2d(nn.Module):
@@ -72,36 +77,91 @@ class ModulatedConv2d(nn.Module):
         self.upsample = upsample
         self.padding = kernel_size // 2
 
-    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def equalized_parameters(self) -> list[tuple[torch.Tensor, float]]:
+        return [(self.weight, self.scale)]
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor, weight=None) -> torch.Tensor:
         """x (B, C_in, H, W), styles s (B, C_in) -> (B, C_out, H', W'), H' = 2H if upsampling."""
-        y, d = self.modulated(x, s)
+        y, d = self.modulated(x, s, weight)
         return y if d is None else y * d.view(*d.shape, 1, 1)
 
-    def modulated(self, x: torch.Tensor, s: torch.Tensor):
+    def modulated(self, x: torch.Tensor, s: torch.Tensor, weight=None, d=None):
         """``(y, d)``: the convolution y of x with the modulated weight and the demodulation
         d (B, C_out) still to multiply it by (None: none, or already in the weight), so that
-        the caller can fold d into its next elementwise pass."""
-        weight = self.weight[0] * self.scale  # (C_out, C_in, k, k)
+        the caller can fold d into its next elementwise pass. ``weight``, ``d``: the scaled
+        weight (1, C_out, C_in, k, k) and the demodulation when the decoder made them for all
+        its layers at once (:func:`equalized`, :class:`Demodulation`; default: made here)."""
+        if weight is None:
+            ((weight,),) = equalized([self])
         if not self.training and x.shape[0] == 1:
-            return self._fused(x, weight, s), None
-        y = self._conv(x * s.view(*s.shape, 1, 1), weight)
-        return y, self._demodulation(weight, s) if self.demodulate else None
+            return self._fused(x, weight[0], s), None
+        y = self._conv(x * s.view(*s.shape, 1, 1), weight[0])
+        if d is None and self.demodulate:
+            (d,) = demodulations([s], [weight])
+        return y, d
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if not self.upsample:
             return F.conv2d(x, weight, padding=self.padding)
         return blur(F.conv_transpose2d(x, weight.transpose(0, 1), stride=2), padding=1, gain=4.0)
 
-    @staticmethod
-    def _demodulation(weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """d (B, C_out): rsqrt of sum_{i, taps} (w[o, i] s[b, i])^2 + 1e-8."""
-        return torch.rsqrt(s.square() @ weight.square().sum(dim=(2, 3)).T + 1e-8)
-
     def _fused(self, x: torch.Tensor, weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         weight = weight * s[0][None, :, None, None]
         if self.demodulate:
             weight = weight * torch.rsqrt(weight.square().sum(dim=(1, 2, 3), keepdim=True) + 1e-8)
         return self._conv(x, weight)
+
+
+def demodulations(styles, weights, gain: float = 1.0) -> list[torch.Tensor]:
+    """``gain * rsqrt(s^2 @ (sum_taps w^2)^T + 1e-8)`` (B, C_out) for every layer's styles s
+    (B, C_in) and scaled weight w (1, C_out, C_in, k, k): StyleGAN2's demodulation
+    coefficients, sum over input channels and taps of (w[o, i] s[b, i])^2, for the layers
+    of a decoder at once (:class:`Demodulation`)."""
+    return list(Demodulation.apply(gain, len(styles), *styles, *weights))
+
+
+class Demodulation(torch.autograd.Function):
+    """:func:`demodulations` in foreach kernels across the layers, whose shapes differ, and
+    two small matrix products per layer each way (the per-layer autograd graph is ~20 ops a
+    layer). With e = gain * u^(-1/2), u = s^2 @ W2^T + eps, W2 = sum_taps w^2, and
+    q = -(de) e^3 / gain^2: ds = s * (q @ W2), dw = w * (q^T @ s^2) per tap."""
+
+    @staticmethod
+    def forward(ctx, gain: float, n: int, *tensors: torch.Tensor):
+        styles, weights = list(tensors[:n]), list(tensors[n:])
+        squares = torch._foreach_mul(styles, styles)
+        sums = [w2.sum(dim=(0, 3, 4)) for w2 in torch._foreach_mul(weights, weights)]
+        cast, no_autocast = autocast_inputs(*squares, *sums)  # the products in autocast's dtype
+        squares, sums = list(cast[:n]), list(cast[n:])
+        with no_autocast:
+            u = torch._foreach_add([a @ b.T for a, b in zip(squares, sums)], 1e-8)
+        e = torch._foreach_mul(torch._foreach_reciprocal(torch._foreach_sqrt(u)), gain)
+        ctx.save_for_backward(*styles, *weights, *squares, *sums, *e)
+        ctx.gain, ctx.n = gain, n
+        ctx.set_materialize_grads(False)  # layers whose output is unused get None
+        return tuple(e)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        n, saved = ctx.n, ctx.saved_tensors
+        styles, weights, squares, sums, e = (list(saved[i * n : (i + 1) * n]) for i in range(5))
+        live = [i for i, g in enumerate(grads) if g is not None]
+        if not live:
+            return None, None, *([None] * 2 * n)
+        pick = lambda xs: [xs[i] for i in live]
+        q = torch._foreach_mul(pick(grads), torch._foreach_pow(pick(e), 3))
+        q = torch._foreach_mul(q, -1.0 / ctx.gain**2)
+        ds = torch._foreach_mul(pick(styles), [a @ b for a, b in zip(q, pick(sums))])
+        per_tap = [  # (1, C_out, C_in, 1, 1), in the weight's dtype
+            (a.T @ b).view(1, a.shape[1], b.shape[1], 1, 1).to(w.dtype)
+            for a, b, w in zip(q, pick(squares), pick(weights))
+        ]
+        dw = torch._foreach_mul(pick(weights), per_tap)
+        out = [None] * 2 * n
+        for j, i in enumerate(live):
+            out[i], out[n + i] = ds[j], dw[j]
+        return None, None, *out
 
 
 class NoiseInjection(nn.Module):
@@ -117,15 +177,13 @@ class NoiseInjection(nn.Module):
         self.register_buffer("fixed", torch.randn(1, 1, resolution, resolution))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.term(x)
+        return x + self.strength * self.sample(x)
 
-    def term(self, x: torch.Tensor) -> torch.Tensor:
-        """The noise to add to x (B, C, H, W): strength * noise, (B or 1, 1, H, W)."""
+    def sample(self, x: torch.Tensor) -> torch.Tensor:
+        """The noise map for x (B, C, H, W), before its strength: (B or 1, 1, H, W)."""
         if self.training:
-            noise = torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
-        else:
-            noise = self.fixed.to(x.dtype)
-        return self.strength * noise
+            return torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
+        return self.fixed.to(x.dtype)
 
 
 class StyledConv(nn.Module):
@@ -144,13 +202,24 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection(resolution)
         self.bias = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
 
-    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """lrelu(conv * d + noise + bias) in three passes over the feature map: leaky ReLU is
-        positively homogeneous, so its gain g folds in, lrelu(z) g = leaky_relu(z g)."""
-        y, d = self.conv.modulated(x, s)
-        scale = (y.new_ones(y.shape[:2]) if d is None else d) * LRELU_GAIN
-        z = torch.addcmul(self.bias * LRELU_GAIN, y, scale.view(*scale.shape, 1, 1))
-        return F.leaky_relu(z + self.noise.term(y) * LRELU_GAIN, 0.2)
+    def equalized_parameters(self) -> list[tuple[torch.Tensor, float]]:
+        """The modulated weight, and the bias and noise strength times lrelu's gain g: leaky
+        ReLU is positively homogeneous, so g folds in, lrelu(z) g = leaky_relu(z g)."""
+        g = LRELU_GAIN
+        return [*self.conv.equalized_parameters(), (self.bias, g), (self.noise.strength, g)]
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor, params=None, d=None) -> torch.Tensor:
+        """lrelu(conv * d + noise + bias) in three passes over the feature map. ``params``,
+        ``d``: this layer's scaled parameters (:meth:`equalized_parameters`) and its
+        demodulation times g when the decoder made them for all its layers at once (default:
+        made here)."""
+        weight, bias, strength = params or equalized([self])[0]
+        if d is None and (self.training or x.shape[0] != 1):  # (else: fused, none needed)
+            (d,) = demodulations([s], [weight], LRELU_GAIN)
+        y, d = self.conv.modulated(x, s, weight, d)
+        scale = y.new_full(y.shape[:2], LRELU_GAIN) if d is None else d
+        z = torch.addcmul(bias, y, scale.view(*scale.shape, 1, 1))
+        return F.leaky_relu(z + strength * self.noise.sample(y), 0.2)
 
 
 class ToRGB(nn.Module):
@@ -161,8 +230,14 @@ class ToRGB(nn.Module):
         self.conv = ModulatedConv2d(in_channels, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
-    def forward(self, x: torch.Tensor, s: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-        rgb = self.conv(x, s) + self.bias
+    def equalized_parameters(self) -> list[tuple[torch.Tensor, float]]:
+        return self.conv.equalized_parameters()
+
+    def forward(
+        self, x: torch.Tensor, s: torch.Tensor, skip: torch.Tensor | None, params=None
+    ) -> torch.Tensor:
+        """``params``: see :meth:`StyledConv.forward`."""
+        rgb = self.conv(x, s, params[0] if params else None) + self.bias
         return rgb if skip is None else rgb + upsample_2x(skip)
 
 
@@ -220,12 +295,16 @@ class SynthesisDecoder(nn.Module):
             self.to_rgb.append(ToRGB(out_channels, style_dim))
             channels = out_channels
 
-    def modulated_convs(self) -> list[ModulatedConv2d]:
-        """Every modulated convolution, in the order :meth:`forward` runs them."""
+    def styled_layers(self) -> list[StyledConv | ToRGB]:
+        """Every StyledConv and ToRGB, in the order :meth:`forward` runs them."""
         layers = [*self.input_convs, self.input_rgb]
         for convs, to_rgb in zip(self.blocks, self.to_rgb):
             layers += [*convs, to_rgb]
-        return [layer.conv for layer in layers]
+        return layers
+
+    def modulated_convs(self) -> list[ModulatedConv2d]:
+        """Every modulated convolution, in the order :meth:`forward` runs them."""
+        return [layer.conv for layer in self.styled_layers()]
 
     def styles(self, style: torch.Tensor) -> list[torch.Tensor]:
         """The styles ``affine(w)`` of every modulated convolution, (B, C_in) each, from the
@@ -237,13 +316,22 @@ class SynthesisDecoder(nn.Module):
         return list(F.linear(style, weight, bias).split([a.bias.numel() for a in affines], 1))
 
     def forward(self, feature_block: torch.Tensor) -> torch.Tensor:
-        styles = iter(self.styles(self.mapping(feature_block)))
-        x = feature_block
-        for conv in self.input_convs:
-            x = conv(x, next(styles))
-        image = self.input_rgb(x, next(styles), None)
-        for convs, to_rgb in zip(self.blocks, self.to_rgb):
-            for conv in convs:
-                x = conv(x, next(styles))
-            image = to_rgb(x, next(styles), image)
+        # The equalized-lr scales of the mapping and of every layer in one pass, and every
+        # StyledConv's demodulation in one more (none for the fused form: one sample, eval)
+        mapping, layers = list(self.mapping.layers), self.styled_layers()
+        params = equalized([*mapping, *layers])
+        styles = self.styles(self.mapping(feature_block, params[: len(mapping)]))
+        params = params[len(mapping) :]
+        convs = [i for i, layer in enumerate(layers) if isinstance(layer, StyledConv)]
+        demodulation = dict.fromkeys(convs)
+        if self.training or feature_block.shape[0] != 1:
+            weights = [params[i][0] for i in convs]
+            ds = demodulations([styles[i] for i in convs], weights, LRELU_GAIN)
+            demodulation = dict(zip(convs, ds))
+        x, image = feature_block, None
+        for i, (layer, s) in enumerate(zip(layers, styles)):
+            if isinstance(layer, ToRGB):
+                image = layer(x, s, image, params[i])
+            else:
+                x = layer(x, s, params[i], demodulation[i])
         return image
