@@ -81,14 +81,28 @@ class LPIPSLoss(nn.Module):
         with warnings.catch_warnings():  # lpips still passes torchvision's old `pretrained=`
             warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
             self.model = lpips.LPIPS(net=net, pnet_rand=not pretrained, verbose=False).eval()
+        # per_image follows the package's default path: linear heads, spatial mean, v0.1
+        assert self.model.lpips and not self.model.spatial and self.model.version == "0.1"
         self.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.model(x, y).mean()
+        return self.per_image(x, y).mean()
 
     def per_image(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(B,) distances."""
-        return self.model(x, y).flatten()
+        """(B,) distances: ``lpips.LPIPS``'s computation with its modules and weights, in
+        fewer ops (each feature's channel norm in one reduction; the package squares, sums
+        and takes the root apart)."""
+        m = self.model
+        total = None
+        for lin, a, b in zip(m.lins, m.net(m.scaling_layer(x)), m.net(m.scaling_layer(y))):
+            term = lin((_unit(a) - _unit(b)).square()).mean(dim=(2, 3))
+            total = term if total is None else total + term
+        return total.flatten()
+
+
+def _unit(features: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Features divided by their norm over channels plus ``eps`` (LPIPS's normalisation)."""
+    return features / (torch.linalg.vector_norm(features, dim=1, keepdim=True) + eps)
 
 
 class VGGFeatureLoss(nn.Module):

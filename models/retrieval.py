@@ -67,8 +67,15 @@ class GroupedMLP(nn.Module):
             self.biases.append(nn.Parameter(torch.empty(n_groups, fan_out).uniform_(-bound, bound)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead, groups = x.shape[:-2], x.shape[-2]
+        return self.grouped(x).transpose(0, 1).reshape(*lead, groups, -1)
+
+    def grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., Nh, in) -> (Nh, N, out), N the product of the leading sizes: one batched
+        matrix product per layer over the groups (a transposed view in, no copy)."""
+        x = x.reshape(-1, *x.shape[-2:]).transpose(0, 1)
         for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            x = torch.einsum("...gi,gio->...go", x, weight) + bias
+            x = torch.bmm(x, weight) + bias.unsqueeze(1)
             if layer < len(self.weights) - 1:
                 x = F.relu(x)
         return x
@@ -107,6 +114,8 @@ class FeatureRetrieval(nn.Module):
         return combined_key_code(tiled, c.key_length)
 
     def forward(self, key_code: torch.Tensor) -> torch.Tensor:
-        features = self.mlp(self.grids(self.queries(key_code)))  # (B, Hd, Wd, Nh, Cd / Nh)
-        b, height, width = features.shape[:3]
-        return features.reshape(b, height, width, -1).permute(0, 3, 1, 2).contiguous()
+        values = self.grids(self.queries(key_code))  # (B, Hd, Wd, Nh, Nr * Cv)
+        b, height, width, groups = values.shape[:4]
+        features = self.mlp.grouped(values).view(groups, b, height, width, -1)
+        # (B, Nh, Cd / Nh, Hd, Wd): the groups concatenated along channels, one copy
+        return features.permute(1, 0, 4, 2, 3).reshape(b, -1, height, width)
