@@ -4,7 +4,8 @@ A CPU run dispatches the same aten ops as a GPU run of the same code, so these c
 what a GPU would launch without one (views and other metadata ops included: they launch
 no kernel, and ``kernel_ops`` leaves them out).
 
-FLOPs are ``torch.utils.flop_counter``'s formulas (convolutions and matrix products);
+FLOPs are ``torch.utils.flop_counter``'s formulas (convolutions, matrix products and attention,
+the CPU's fused attention by the formulas of its CUDA counterparts);
 ``filter_tflop`` is the part of them in FIR passes (:func:`is_fir`), which code that
 filters by elementwise ops does not show.
 """

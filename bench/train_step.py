@@ -358,7 +358,8 @@ def markdown(env: dict, rows: list[dict]) -> str:
         "`--reg-interval` steps; every step for WGAN-GP). Counts are of what a GPU runs: the "
         "grid's Triton kernels (interpreted on the CPU) and the FIR passes in their CUDA "
         "form; views and other metadata ops included. TFLOP: `torch.utils.flop_counter`'s "
-        "formulas (convolutions and matrix products); *of it FIR*: in the FIR passes "
+        "formulas (convolutions, matrix products, attention; the CPU's fused attention by "
+        "its CUDA counterparts'); *of it FIR*: in the FIR passes "
         "(convolutions by StyleGAN2's 4 x 4 filter; FIR passes made of elementwise ops "
         "count no FLOPs there).",
     ]
