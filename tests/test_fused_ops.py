@@ -10,7 +10,7 @@ from bench.op_counter import OpCounter
 from models.discriminator import Discriminator
 from models.encoder import AttnBlock, GroupNorm
 from models.layers import EqualConv2d, EqualLinear, ScaleEach, equalized, leaky_relu
-from models.losses import LPIPSLoss
+from models.losses import LPIPSLoss, r1_penalty
 from models.retrieval import GroupedMLP
 from models.synthesis import SynthesisDecoder, demodulations
 
@@ -163,3 +163,16 @@ def test_lpips_equals_the_packages_distance(size):
     (ours,) = torch.autograd.grad(loss(x, y), x)
     (package,) = torch.autograd.grad(loss.model(x, y).mean(), x)
     torch.testing.assert_close(ours, package)
+
+
+def test_r1_gives_no_gradient_to_the_biases_it_does_not_depend_on():
+    torch.manual_seed(0)
+    disc = Discriminator(16, 8, 16)
+    r1_penalty(disc, torch.randn(4, 3, 16, 16)).backward()
+    grads = {n: p.grad for n, p in disc.named_parameters() if n.endswith("bias")}
+    # After the minibatch statistics D is piecewise linear in those biases: R1 (its input
+    # gradient's norm) does not depend on them. The fully connected ones get none at all
+    # (PyTorch's own leaky-ReLU double backward gave the first one a zero-filled gradient).
+    assert grads["final_linear.0.bias"] is None and grads["final_linear.1.bias"] is None
+    assert not grads["final_conv.bias"].any()
+    assert all(g.abs().max() > 0 for n, g in grads.items() if n.startswith(("from_rgb", "blocks")))
