@@ -170,7 +170,8 @@ class EqualConv2d(nn.Module):
         """``weight``, ``bias``: this layer's scaled parameters when :func:`equalized` made
         them for a whole network (default: scaled here)."""
         if weight is None:
-            weight, bias = (*equalized([self])[0], None)[:2]
+            weight, *rest = equalized([self])[0]  # no bias: the weight alone
+            bias = rest[0] if rest else None
         stride, k = 1, self.weight.shape[-1]
         if self.downsample and k == 1:
             x = downsample_2x(x)

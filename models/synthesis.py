@@ -80,6 +80,11 @@ class ModulatedConv2d(nn.Module):
     def equalized_parameters(self) -> list[tuple[torch.Tensor, float]]:
         return [(self.weight, self.scale)]
 
+    def fuses(self, batch: int) -> bool:
+        """Whether a batch of ``batch`` runs the fused form (one sample, in evaluation),
+        which demodulates inside the weight."""
+        return not self.training and batch == 1
+
     def forward(self, x: torch.Tensor, s: torch.Tensor, weight=None) -> torch.Tensor:
         """x (B, C_in, H, W), styles s (B, C_in) -> (B, C_out, H', W'), H' = 2H if upsampling."""
         y, d = self.modulated(x, s, weight)
@@ -93,7 +98,7 @@ class ModulatedConv2d(nn.Module):
         its layers at once (:func:`equalized`, :class:`Demodulation`; default: made here)."""
         if weight is None:
             ((weight,),) = equalized([self])
-        if not self.training and x.shape[0] == 1:
+        if self.fuses(x.shape[0]):
             return self._fused(x, weight[0], s), None
         y = self._conv(x * s.view(*s.shape, 1, 1), weight[0])
         if d is None and self.demodulate:
@@ -214,7 +219,7 @@ class StyledConv(nn.Module):
         demodulation times g when the decoder made them for all its layers at once (default:
         made here)."""
         weight, bias, strength = params or equalized([self])[0]
-        if d is None and (self.training or x.shape[0] != 1):  # (else: fused, none needed)
+        if d is None and not self.conv.fuses(x.shape[0]):
             (d,) = demodulations([s], [weight], LRELU_GAIN)
         y, d = self.conv.modulated(x, s, weight, d)
         scale = y.new_full(y.shape[:2], LRELU_GAIN) if d is None else d
@@ -324,7 +329,7 @@ class SynthesisDecoder(nn.Module):
         params = params[len(mapping) :]
         convs = [i for i, layer in enumerate(layers) if isinstance(layer, StyledConv)]
         demodulation = dict.fromkeys(convs)
-        if self.training or feature_block.shape[0] != 1:
+        if not layers[0].conv.fuses(feature_block.shape[0]):
             weights = [params[i][0] for i in convs]
             ds = demodulations([styles[i] for i in convs], weights, LRELU_GAIN)
             demodulation = dict(zip(convs, ds))
