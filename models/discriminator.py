@@ -44,6 +44,12 @@ def minibatch_stddev(x: torch.Tensor, group_size: int = 4, parts: int = 1) -> to
     group = min(group_size, b)
     if b % group:
         group = 1
+    if group == 1:
+        # A group of one has no spread: the channel is sqrt(1e-8) whatever x is. Built as a
+        # constant, so no gradient (exactly zero) flows back through D from it: a gradient
+        # penalty's double backward would otherwise run D's whole backward on zeros.
+        std = torch.full((), 1e-8, dtype=x.dtype, device=x.device).sqrt()
+        return torch.cat([x, std.expand(n, 1, h, w)], dim=1)
     y = x.reshape(parts, group, b // group, c, h, w)
     std = torch.sqrt(y.var(dim=1, unbiased=False) + 1e-8).mean(dim=(2, 3, 4))  # (parts, b/group)
     std = std[:, None].expand(parts, group, b // group).reshape(n, 1, 1, 1)

@@ -47,6 +47,8 @@ class LeakyReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a double backward: x gets no edge (its derivative is
+            x = x.detach()  # zero), or the penalty's backward would run D's on zeros
         return LeakyReLUGrad.apply(grad, x)
 
 

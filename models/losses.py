@@ -287,9 +287,10 @@ def discriminator_penalty(
     ``config.regularised(step)``): the penalty weighted by ``reg_interval``, so that its
     average weight over the steps is the every-step one.
 
-    The total also holds 0 x D's logits, which leaves it unchanged but keeps every D
-    parameter in its graph (the penalty does not depend on D's last bias): DDP expects a
-    gradient, zero or not, for each parameter (StyleGAN2-ADA adds the same zero term).
+    The total also holds a zero term that gives every D parameter a zero gradient (the
+    penalty does not depend on D's biases after the activations): DDP expects a gradient,
+    zero or not, for each parameter. StyleGAN2-ADA adds 0 x D's logits for it, which runs
+    D's whole backward on zeros; :func:`zero_gradients` goes to the parameters directly.
     """
     if config.gan == "wgan-gp":
         x = interpolates(real, fake)
@@ -299,8 +300,27 @@ def discriminator_penalty(
         x = real.detach().requires_grad_(True)
         logits = discriminator(x)
         terms = {"r1": r1_penalty(discriminator, x, logits)}
-    total = _weighted_penalty(config, terms, config.reg_interval) + 0 * logits.sum()
-    return total, terms
+    total = _weighted_penalty(config, terms, config.reg_interval)
+    return total + zero_gradients(discriminator.parameters()), terms
+
+
+def zero_gradients(parameters) -> torch.Tensor:
+    """A zero scalar whose backward gives each of ``parameters`` (those requiring grad) a
+    zero gradient and runs nothing else: what ``0 * output.sum()`` adds to a loss, without
+    the backward through the network that computed ``output``."""
+    return _ZeroGradients.apply(*(p for p in parameters if p.requires_grad))
+
+
+class _ZeroGradients(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, *parameters: torch.Tensor) -> torch.Tensor:
+        ctx.shapes = [p.shape for p in parameters]
+        return parameters[0].new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        zero = grad.new_zeros(())
+        return tuple(zero.expand(shape) for shape in ctx.shapes)
 
 
 def _weighted_penalty(config: LossConfig, terms: dict, interval: int) -> torch.Tensor | float:

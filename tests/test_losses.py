@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from models import (
     AutoencoderOutput,
@@ -20,6 +21,7 @@ from models.losses import (
     VGGFeatureLoss,
     build_perceptual_loss,
     gradient_penalty,
+    interpolates,
     kl_loss,
     nonsaturating_discriminator_loss,
     nonsaturating_generator_loss,
@@ -185,6 +187,82 @@ def test_discriminator_of_real_and_fake_in_one_pass_equals_two_passes(batch):
     assert not torch.allclose(disc(torch.cat([real, fake])), both, atol=1e-5)
     with pytest.raises(ValueError, match="parts=2"):
         disc(torch.randn(3, 3, 16, 16), parts=2)
+
+
+class ConvolutionCount(TorchDispatchMode):
+    """Counts the convolution kernels (forward, input and weight gradient) dispatched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        self.count += name in ("convolution", "convolution_backward")
+        return func(*args, **(kwargs or {}))
+
+
+def stylegan2_penalty(config: LossConfig, disc: nn.Module, real, fake) -> torch.Tensor:
+    """StyleGAN2-ADA's ``Dreg`` phase: the weighted penalty plus 0 x D's logits."""
+    if config.gan == "wgan-gp":
+        x = interpolates(real, fake)
+        logits = disc(x)
+        penalty = (
+            config.gp_weight * config.reg_interval * gradient_penalty(disc, real, fake, x, logits)
+        )
+    else:
+        x = real.clone().requires_grad_(True)
+        logits = disc(x)
+        penalty = config.r1_gamma / 2 * config.reg_interval * r1_penalty(disc, x, logits)
+    return penalty + 0 * logits.sum()
+
+
+@pytest.mark.parametrize("gan", ["nonsaturating-r1", "wgan-gp"])
+@pytest.mark.parametrize("batch", [1, 4, 5])
+def test_penalty_update_equals_stylegan2s_zero_logits_form_without_its_zero_backward(gan, batch):
+    """StyleGAN2-ADA adds 0 x D's logits to the penalty so that DDP sees a gradient for every
+    parameter; ours gives the zeros to the parameters directly. Same gradients, bitwise; and
+    where the minibatch statistics are constant (groups of one: batches 1 and 5), the
+    penalty's backward no longer runs D's backward on zeros."""
+    config = LossConfig(perceptual="none", gan=gan, reg_interval=16)
+    real, fake = torch.randn(batch, 3, 16, 16), torch.randn(batch, 3, 16, 16)
+    grads, convolutions, reached = [], [], []
+    for form in ("ours", "stylegan2"):
+        torch.manual_seed(0)
+        disc = Discriminator(16, 8, 16)
+        activations = []  # D's first activation, whose gradient the hook records
+        disc.from_rgb.register_forward_hook(lambda m, i, out, seen=activations: seen.append(out))
+        torch.manual_seed(1)  # the same interpolates for WGAN-GP
+        if form == "ours":
+            total, _ = discriminator_penalty(config, disc, real, fake)
+        else:
+            total = stylegan2_penalty(config, disc, real, fake)
+        calls = []
+        activations[0].register_hook(calls.append)
+        with ConvolutionCount() as counter:
+            total.backward()
+        grads.append({n: p.grad for n, p in disc.named_parameters()})
+        convolutions.append(counter.count)
+        reached.append(bool(calls))
+    ours, reference = grads
+    for name, grad in reference.items():
+        assert grad is not None and torch.equal(ours[name], grad), name
+    assert convolutions[0] < convolutions[1], convolutions  # no zeros through the last layers
+    # Groups of one (batches 1 and 5): D's backward does not run at all
+    assert reached == [batch not in (1, 5), True]
+
+
+def test_minibatch_stddev_of_groups_of_one_is_a_constant():
+    x = torch.randn(5, 3, 4, 4, requires_grad=True)  # 5 does not split into groups of 4
+    y = minibatch_stddev(x)
+    expected = x.detach().reshape(1, 5, 3, 4, 4).var(dim=0, unbiased=False).add(1e-8).sqrt()
+    torch.testing.assert_close(y[:, 3], expected.mean((1, 2, 3))[:, None, None].expand(5, 4, 4))
+    nodes, seen = [y.grad_fn], set()  # the channel's graph: nothing computed from x
+    while nodes:
+        node = nodes.pop()
+        seen.add(type(node).__name__)
+        nodes += [next_node for next_node, _ in node.next_functions if next_node is not None]
+    assert not {"VarBackward0", "SqrtBackward0", "MeanBackward1"} & seen, seen
 
 
 @pytest.mark.parametrize("kind", ["lpips", "vgg"])
