@@ -22,23 +22,27 @@ the weight gradients it does not need (:func:`no_weight_gradients`), as StyleGAN
 from __future__ import annotations
 
 import contextlib
-import contextvars
 
 import torch
 import torch.nn.functional as F
 
-_skip_weights = contextvars.ContextVar("skip_weight_gradients", default=False)
+# Blocks of no_weight_gradients open. Process-wide, not thread- or context-local: on CUDA
+# the autograd engine runs backward nodes on a thread of its own per device, where a
+# contextvar set by the caller is not seen.
+_skip_weights = [0]
 
 
 @contextlib.contextmanager
 def no_weight_gradients():
     """Inside the block, backward passes through :func:`conv2d` compute no weight or bias
-    gradients: for ``torch.autograd.grad`` with respect to D's input only (R1, WGAN-GP)."""
-    token = _skip_weights.set(True)
+    gradients: for ``torch.autograd.grad`` with respect to D's input only (R1, WGAN-GP, the
+    generator's gradient through D). Process-wide, as StyleGAN2-ADA's ``conv2d_gradfix``:
+    run no other backward that needs D's weight gradients inside the block."""
+    _skip_weights[0] += 1
     try:
         yield
     finally:
-        _skip_weights.reset(token)
+        _skip_weights[0] -= 1
 
 
 def conv2d(
@@ -99,7 +103,7 @@ class Conv2d(torch.autograd.Function):
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             dx = InputGrad.apply(grad, weight, x.shape[-2:], s, p)
-        if not _skip_weights.get():
+        if not _skip_weights[0]:
             if ctx.needs_input_grad[1]:
                 dw = WeightGrad.apply(grad, x, weight, s, p)
             if ctx.has_bias and ctx.needs_input_grad[2]:

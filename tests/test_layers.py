@@ -2,11 +2,16 @@
 unfused modulated convolution, no grouped convolution anywhere (models/resample.py,
 models/synthesis.py, models/layers.py)."""
 
+import contextlib
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from bench.op_counter import OpCounter
+from models import convolution
+from models.convolution import no_weight_gradients
 from models.discriminator import Discriminator, DiscriminatorBlock
 from models.layers import EqualConv2d, EqualLinear, lrelu
 from models.resample import FORMS, blur, downsample_2x, fir_form, fir_kernel, upsample_2x
@@ -174,3 +179,35 @@ def test_discriminator_penalty_has_no_grouped_convolution():
         grad.square().sum().backward()
     counts = counter.summary()
     assert counts["convolutions"] > 0 and counts["grouped_convolutions"] == 0
+
+
+def test_no_weight_gradients_skips_them_on_every_thread(monkeypatch):
+    """Inside ``no_weight_gradients`` D's input gradient runs no weight-gradient kernel, also
+    when the backward runs on another thread than the one that opened the block (on CUDA
+    the autograd engine runs backward nodes on a thread of its own)."""
+    calls = []
+    kernel = convolution._weight_grad
+    monkeypatch.setattr(convolution, "_weight_grad", lambda *a: calls.append(1) or kernel(*a))
+    torch.manual_seed(0)
+    disc = Discriminator(16, channels=8, max_channels=16)
+    real = torch.randn(2, 3, 16, 16, requires_grad=True)
+
+    def input_gradient(skip: bool, thread: bool) -> tuple[int, torch.Tensor]:
+        calls.clear()
+        logits, out = disc(real).sum(), []
+        run = lambda: out.append(torch.autograd.grad(logits, real)[0])
+        with no_weight_gradients() if skip else contextlib.nullcontext():
+            if thread:
+                worker = threading.Thread(target=run)
+                worker.start()
+                worker.join()
+            else:
+                run()
+        return len(calls), out[0]
+
+    plain, expected = input_gradient(False, False)
+    assert plain > 0
+    for thread in (False, True):
+        kernels, grad = input_gradient(True, thread)
+        assert kernels == 0, thread
+        torch.testing.assert_close(grad, expected, rtol=0, atol=0)
