@@ -253,22 +253,27 @@ def discriminator_loss(
     real: torch.Tensor,
     fake: torch.Tensor,
     penalty: bool | None = None,
+    fake_logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """D's loss on ``real`` and ``fake`` images and its terms.
 
     ``penalty`` (default: when the penalty runs on every step, ``reg_interval == 1``) adds
     the penalty in the same update, R1 reusing D's pass over the real images for its
     gradient (StyleGAN2-ADA's ``Dboth`` phase). Under lazy regularisation the penalty is an
-    update of its own instead (:func:`discriminator_penalty`).
+    update of its own instead (:func:`discriminator_penalty`). ``fake_logits``: D's logits
+    of ``fake`` with their graph to D's weights when D has already run on them (the
+    generator's pass, :func:`through_detached`); then D runs on ``real`` alone.
     """
     penalty = config.reg_interval == 1 if penalty is None else penalty
     real = real.detach()
     r1 = penalty and config.gan == "nonsaturating-r1"
     if r1:
         real = real.requires_grad_(True)
-    # One D pass over both batches (minibatch statistics within each: models/discriminator.py)
-    both = discriminator(torch.cat([real, fake.detach()]), parts=2)
-    real_logits, fake_logits = both.chunk(2)
+    if fake_logits is not None:
+        real_logits = discriminator(real)
+    else:  # one D pass over both batches (minibatch statistics within each)
+        both = discriminator(torch.cat([real, fake.detach()]), parts=2)
+        real_logits, fake_logits = both.chunk(2)
     if config.gan == "wgan-gp":
         terms = {"gan_d": wgan_discriminator_loss(real_logits, fake_logits)}
         if penalty:
@@ -278,6 +283,34 @@ def discriminator_loss(
         if r1:
             terms["r1"] = r1_penalty(discriminator, real, real_logits)
     return terms["gan_d"] + _weighted_penalty(config, terms, 1), terms
+
+
+def through_detached(logits: torch.Tensor, leaf: torch.Tensor, source: torch.Tensor):
+    """D's ``logits`` of ``leaf`` (``source`` detached, requiring grad), differentiable with
+    respect to ``source`` instead, for the generator's loss: their backward sends its
+    gradient through D's input gradient alone (no D weight gradient) to ``source``, and
+    keeps D's pass for D's own update, which differentiates the same ``logits`` with
+    respect to D's weights (``discriminator_loss(..., fake_logits=logits)``). So one D pass
+    over the reconstruction serves both updates: D's parameters are the same in both
+    (the generator's update does not change them) and so is its input.
+
+    ``logits``, ``leaf``: (B,) and (B, 3, H, W); ``source``: (B, 3, H, W), the generator's
+    output. Returns a copy of ``logits``."""
+    return _ThroughDetached.apply(source, (logits, leaf))
+
+
+class _ThroughDetached(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, source: torch.Tensor, held: tuple[torch.Tensor, torch.Tensor]):
+        ctx.logits, ctx.leaf = held  # not inputs: autograd links nothing to D's graph
+        return ctx.logits.detach().clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        with no_weight_gradients():
+            (through,) = torch.autograd.grad(ctx.logits, ctx.leaf, grad, retain_graph=True)
+        return through, None
 
 
 def discriminator_penalty(

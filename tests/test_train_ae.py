@@ -1,6 +1,7 @@
 """Stage-1 training script end to end on the CPU: outputs, exact resume, crash safety, DDP."""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -251,6 +252,47 @@ def test_two_processes_with_the_gan_penalty_resume_exactly(tmp_path):
     assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed"))
     scalars = logged(tmp_path / "straight")  # step s is logged as s + 1
     assert sorted(scalars["train/r1"]) == [3, 5] and sorted(scalars["train/gan_d"]) == [3, 4, 5]
+
+
+SYNC_PROBE = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import torch
+from models.recipes import ae_recipe
+from train.ae import AEOptions, AutoencoderStage
+from train.core.options import parse_options
+
+options, _ = parse_options(AEOptions, "probe", sys.argv[2:])
+stage = AutoencoderStage(options.with_recipe(ae_recipe(options.preset)))
+acc = stage.accelerator
+generator = torch.Generator().manual_seed(acc.process_index)  # each process its own images
+flat = lambda module: torch.cat([p.detach().flatten() for p in module.parameters()])
+start = flat(stage.disc)
+for step in (0, 1):  # a penalty step (its own D update), then a plain one
+    stage.step = step
+    stage.train_step(torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1)
+for name, module in (("D", stage.disc), ("autoencoder", stage.autoencoder)):
+    mine = flat(module)
+    both = acc.gather(mine[None])
+    assert torch.equal(both[0], both[1]), f"{name}: the processes' weights differ"
+assert not torch.equal(flat(stage.disc), start)
+print("in sync", acc.process_index)
+"""
+
+
+def test_two_processes_train_the_gan_with_all_reduced_gradients(tmp_path):
+    """DDP with D's two passes per step (the generator's pass on the reconstruction serving
+    D's update too) and the penalty's double backward: processes that train on different
+    images end every update with the same weights, so every gradient was all-reduced."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(SYNC_PROBE)
+    options = [*FAST, "--gan-start", "0", "--output-dir", str(tmp_path / "run")]
+    command = [*TWO_PROCESSES, str(probe), str(ROOT), *options]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("in sync") == 2
 
 
 def logged(run_dir: Path) -> dict[str, dict[int, float]]:

@@ -35,7 +35,7 @@ from models import (
     generator_loss,
     get_preset,
 )
-from models.losses import GAN_LOSSES, resolve_perceptual_loss
+from models.losses import GAN_LOSSES, resolve_perceptual_loss, through_detached
 from models.recipes import ae_recipe
 from train.core.data import build_dataset
 from train.core.evaluation import evaluate_autoencoder, save_reconstruction_grid, write_metrics
@@ -172,8 +172,9 @@ class AutoencoderStage(Stage):
     def train_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The autoencoder update, then (once the GAN has started) D's update and, on the
         regularised steps of lazy regularisation, D's penalty update (StyleGAN2-ADA's
-        ``Gmain``, ``Dmain`` and ``Dreg`` phases). Mixed precision covers the whole step;
-        the grid lookup stays float32."""
+        ``Gmain``, ``Dmain`` and ``Dreg`` phases), D's pass over the reconstruction serving
+        the first two. Mixed precision covers the whole step; the grid lookup stays
+        float32."""
         acc, losses, step = self.accelerator, self.losses, self.step
         gan_active = step >= self.options.gan_start
         if self.options.channels_last:
@@ -181,14 +182,17 @@ class AutoencoderStage(Stage):
         raw_disc = acc.unwrap_model(self.disc)
         with acc.accumulate(self.autoencoder, self.disc), acc.autocast():
             out = self.autoencoder(images)
-            raw_disc.requires_grad_(False)  # the generator's loss must not touch D's gradients
-            fake_logits = raw_disc(out.reconstruction) if gan_active else None
-            raw_disc.requires_grad_(True)
-            g_loss, terms = generator_loss(losses, images, out, self.perceptual, fake_logits)
-            self._update(self.ae_opt, g_loss)
+            fake = fake_logits = g_logits = None
+            if gan_active:  # one D pass over the reconstruction serves both updates
+                fake = out.reconstruction.detach().requires_grad_(True)
+                fake_logits = raw_disc(fake)
+                g_logits = through_detached(fake_logits, fake, out.reconstruction)
+            g_loss, terms = generator_loss(losses, images, out, self.perceptual, g_logits)
+            self._update(self.ae_opt, g_loss)  # D's input gradient only: D's are untouched
             if gan_active:
-                fake = out.reconstruction.detach()
-                d_loss, d_terms = discriminator_loss(losses, self.disc, images, fake)
+                d_loss, d_terms = discriminator_loss(
+                    losses, self.disc, images, fake.detach(), fake_logits=fake_logits
+                )
                 self._update(self.disc_opt, d_loss)
                 terms.update(d_terms)
                 # The penalty's own update, once per optimizer step: under --grad-accum, on
