@@ -53,6 +53,25 @@ def test_fir_passes_equal_the_depthwise_filter(size, form):
         torch.testing.assert_close(downsample_2x(even), depthwise_blur(even, (1, 1))[..., ::2, ::2])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fir_passes_keep_low_precision_and_its_rounding(dtype, form):
+    """bf16 / fp16 in, the same dtype out, within one rounding of the float32 result (the
+    CPU's depthwise transposed pass computes in float32), forward and backward."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 10, 10)
+    for fn in (lambda t: blur(t, 2), upsample_2x, downsample_2x):
+        low = x.to(dtype).requires_grad_(True)
+        exact = x.to(dtype).float().requires_grad_(True)
+        y, expected = fn(low), fn(exact)
+        assert y.dtype == dtype
+        torch.testing.assert_close(y.float(), expected, rtol=2e-2, atol=2e-2)
+        g = torch.randn_like(expected)
+        (dx,) = torch.autograd.grad(y, low, g.to(dtype))
+        (dx_exact,) = torch.autograd.grad(expected, exact, g.to(dtype).float())
+        assert dx.dtype == dtype
+        torch.testing.assert_close(dx.float(), dx_exact, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("op", ["blur", "up", "down", "down-odd"])
 def test_fir_is_differentiable_to_any_order_with_one_pass_per_derivative(op, form):
     fn = {
