@@ -233,7 +233,10 @@ def providers(args) -> list[dict]:
         "threads": args.threads,
         "device": args.device,
         "fir": args.fir,
-        "options": {"channels_last": args.channels_last, "compile": args.compile},
+        "options": {
+            "channels_last": {"auto": None, "true": True, "false": False}[args.channels_last],
+            "compile": args.compile,
+        },
     }
     out = [{**base, "name": "brics", "model": "brics", "checkout": str(ROOT)}]
     if not args.no_vq:
@@ -427,7 +430,10 @@ def parse(argv=None):
         "op counts always use the CUDA form, folded)",
     )
     parser.add_argument(
-        "--channels-last", action="store_true", help="train/ae.py --channels-last true"
+        "--channels-last",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="train/ae.py --channels-last (auto: its default, on under bf16)",
     )
     parser.add_argument("--compile", action="store_true", help="train/ae.py --compile true")
     parser.add_argument("--no-perceptual", action="store_true", help="no LPIPS term")

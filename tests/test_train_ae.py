@@ -325,6 +325,32 @@ def test_channels_last_gives_the_same_losses(tmp_path):
             assert cl[tag][step] == pytest.approx(plain[tag][step], rel=1e-3), (tag, step)
 
 
+@pytest.mark.parametrize(
+    "precision, flag, expected",
+    [("no", None, False), ("bf16", None, True), ("bf16", False, False), ("no", True, True)],
+)
+def test_channels_last_defaults_to_on_under_mixed_precision(tmp_path, precision, flag, expected):
+    from accelerate.state import AcceleratorState
+
+    from train.ae import AEOptions, AutoencoderStage
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton
+    options = AEOptions(
+        output_dir=tmp_path,
+        preset="tiny-32",
+        perceptual="none",
+        mixed_precision=precision,
+        channels_last=flag,
+    )
+    try:
+        stage = AutoencoderStage(options.with_recipe(ae_recipe("tiny-32")))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    weight = stage.accelerator.unwrap_model(stage.disc).blocks[0].conv1.weight  # 3 x 3
+    layout = weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    assert stage.channels_last == expected == layout
+
+
 def test_eval_entry_point_writes_metrics_and_a_grid(tmp_path):
     run(tmp_path, "--max-steps", "2", "--eval-every", "100", "--save-every", "2")
     out = tmp_path / "eval.json"

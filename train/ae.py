@@ -141,7 +141,13 @@ class AutoencoderStage(Stage):
         autoencoder = BRICSAutoencoder(config, grid_backend=options.grid_backend)
         disc = Discriminator(config.image_size, config.disc_channels, config.disc_max_channels)
         self.ema = EMA(autoencoder, options.ema_decay)
-        if options.channels_last:
+        # Channels-last by default under mixed precision: on the 2-core Xeon (AMX), bf16 steps
+        # 1.2x / 1.3x faster with it; float32 ones within 2% (2026-12-04)
+        low_precision = acc.mixed_precision in ("bf16", "fp16")
+        self.channels_last = options.channels_last is True or (
+            options.channels_last is None and low_precision
+        )
+        if self.channels_last:
             for module in (autoencoder, disc, self.perceptual):
                 to_channels_last(module)
         if options.compile:  # after the EMA copy; in place, so the state dict keeps its names
@@ -177,7 +183,7 @@ class AutoencoderStage(Stage):
         float32."""
         acc, losses, step = self.accelerator, self.losses, self.step
         gan_active = step >= self.options.gan_start
-        if self.options.channels_last:
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         raw_disc = acc.unwrap_model(self.disc)
         with acc.accumulate(self.autoencoder, self.disc), acc.autocast():

@@ -67,7 +67,11 @@ class RunOptions:
     compile: bool = option(
         False, "torch.compile the generator side (the discriminator stays eager)"
     )
-    channels_last: bool = option(False, "keep images and feature maps in channels-last layout")
+    channels_last: bool | None = option(
+        None,
+        "keep images and feature maps in channels-last layout (default: on under bf16 or fp16 "
+        "mixed precision, as StyleGAN2-ADA's fp16 layers, off in float32)",
+    )
     cpu_threads: int = option(
         0, "torch threads per process when training on the CPU (0: logical cores / processes)"
     )
