@@ -242,9 +242,9 @@ def providers(args) -> list[dict]:
     if not args.no_vq:
         out.append({**base, "name": "vq-f4", "model": "vq-f4", "checkout": str(ROOT)})
     if args.baseline:
-        out.append(
-            {**base, "name": "brics-baseline", "model": "brics", "checkout": str(args.baseline)}
-        )
+        gan = args.baseline_gan or args.gan
+        baseline = {"name": "brics-baseline", "model": "brics", "checkout": str(args.baseline)}
+        out.append({**base, **baseline, "gan": gan})
     return out
 
 
@@ -305,7 +305,39 @@ def assemble(specs: list[dict], results: dict, times: dict) -> list[dict]:
                 if peaks:
                     row["peak_memory_gb"] = max(peaks)
             rows.append(row)
-    return rows
+    return rows + averages(rows)
+
+
+def averages(rows: list[dict]) -> list[dict]:
+    """Per provider and precision, the step time averaged over the penalty's interval k:
+    ``((k - 1) unregularised + regularised) / k`` (k = 1: every step is regularised)."""
+    out = []
+    for row in rows:
+        if row["kind"] != "regularised" or "ms_median" not in row:
+            continue
+        k = row["reg_interval"]
+        plain = next(
+            (
+                r
+                for r in rows
+                if (r["provider"], r["precision"], r["kind"])
+                == (row["provider"], row["precision"], "unregularised")
+            ),
+            None,
+        )
+        if k > 1 and (plain is None or "ms_median" not in plain):
+            continue
+        ms = row["ms_median"] if k == 1 else ((k - 1) * plain["ms_median"] + row["ms_median"]) / k
+        keep = ("provider", "checkout", "precision", "preset", "batch", "gan", "reg_interval")
+        out.append(
+            {
+                **{key: row[key] for key in keep},
+                "kind": "average",
+                "ms_median": ms,
+                "images_per_s": row["batch"] / (ms / 1e3),
+            }
+        )
+    return out
 
 
 def _count(row: dict, key: str, spec: str = "") -> str:
@@ -329,9 +361,10 @@ def markdown(env: dict, rows: list[dict]) -> str:
         f"diffusers {env.get('diffusers', '—')}. `python bench/train_step.py "
         f"{env.get('command', '')}`",
         "",
-        "| provider | precision | step | aten ops | convs | grouped | TFLOP | of it FIR "
-        "| ms/step (median) | min–max | images/s | peak GB | vs VQ-f4 | vs baseline |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| provider | GAN loss | precision | step | aten ops | convs | grouped | TFLOP "
+        "| of it FIR | ms/step (median) | min–max | images/s | peak GB | vs VQ-f4 "
+        "| vs baseline |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     index = {(r["provider"], r["precision"], r["kind"]): r for r in rows}
     for r in rows:
@@ -339,26 +372,30 @@ def markdown(env: dict, rows: list[dict]) -> str:
         ratios = []
         for other in ("vq-f4", "brics-baseline"):
             ref = index.get((other, r["precision"], r["kind"]))
+            if ref is None:  # a provider penalising every step: its every step
+                ref = index.get((other, r["precision"], "average"))
             good = ms and ref and ref.get("ms_median") and r["provider"] != other
             ratios.append(f"{ref['ms_median'] / ms:.2f}x" if good else "—")
+        spread = f"{r['ms_min']:.0f}–{r['ms_max']:.0f}" if "ms_min" in r else "—"
+        step = f"{r['kind']} (k = {r['reg_interval']})" if r["kind"] == "average" else r["kind"]
         lines.append(
-            f"| {r['provider']} | {r['precision']} | {r['kind']} | {_count(r, 'aten_ops')} | "
+            f"| {r['provider']} | {r['gan']} | {r['precision']} | {step} | "
+            f"{_count(r, 'aten_ops')} | "
             f"{_count(r, 'convolutions')} | {_count(r, 'grouped_convolutions')} | "
             f"{_count(r, 'tflop', '.3f')} | {_count(r, 'filter_tflop', '.3f')} | "
-            + (
-                f"{ms:.0f} | {r['ms_min']:.0f}–{r['ms_max']:.0f} | {r['images_per_s']:.2f} | "
-                if ms
-                else "— | — | — | "
-            )
+            + (f"{ms:.0f} | {spread} | {r['images_per_s']:.2f} | " if ms else "— | — | — | ")
             + f"{_count(r, 'peak_memory_gb', '.2f')} | {ratios[0]} | {ratios[1]} |"
         )
     lines += [
         "",
         "vs VQ-f4 / vs baseline: that provider's step time over this row's (> 1: this row is "
-        "faster), same precision and kind of step. `brics-baseline`: BRICS as the code of "
+        "faster), same precision and kind of step (against a provider that penalises every "
+        "step: its every step). `brics-baseline`: BRICS as the code of "
         "the `--baseline` checkout trains it. A step is `AutoencoderStage.train_step` of "
         "`train/ae.py`, GAN on; *regularised* steps also run the penalty (every "
-        "`--reg-interval` steps; every step for WGAN-GP). Counts are of what a GPU runs: the "
+        "`--reg-interval` steps; every step for WGAN-GP); *average*: the step time averaged "
+        "over the penalty's interval k, ((k - 1) unregularised + regularised) / k, what "
+        "training runs at. Counts are of what a GPU runs: the "
         "grid's Triton kernels (interpreted on the CPU) and the FIR passes in their CUDA "
         "form; views and other metadata ops included. TFLOP: `torch.utils.flop_counter`'s "
         "formulas (convolutions, matrix products, attention; the CPU's fused attention by "
@@ -421,6 +458,13 @@ def parse(argv=None):
         help="a checkout of other code (say, the commit before a change) to "
         "time BRICS's step of as well",
     )
+    parser.add_argument(
+        "--baseline-gan",
+        default=None,
+        choices=("nonsaturating-r1", "wgan-gp"),
+        help="the --baseline checkout's adversarial loss (default: --gan's; say, its own "
+        "default, to compare default against default)",
+    )
     parser.add_argument("--no-vq", action="store_true", help="skip the VQ-f4 baseline")
     parser.add_argument(
         "--fir",
@@ -459,6 +503,8 @@ def parse(argv=None):
     for name in ("batch_size", "steps", "warmup"):
         if getattr(args, name) < (1 if name != "warmup" else 0):
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.baseline_gan and not args.baseline:
+        parser.error("--baseline-gan needs --baseline")
     if args.baseline and not (args.baseline / "train" / "ae.py").is_file():
         parser.error(f"--baseline {args.baseline}: no train/ae.py there")
     return parser, args

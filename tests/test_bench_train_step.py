@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[1]
 SCRIPT = ROOT / "bench" / "train_step.py"
 # aten ops of one tiny-32 step (batch 2, GAN and LPIPS on, as a GPU runs it: the grid's
@@ -46,15 +48,23 @@ def test_one_step_has_no_grouped_convolution_no_host_sync_and_keeps_the_op_budge
 
 def test_timing_against_vq_f4_and_a_baseline_checkout_runs_end_to_end(tmp_path):
     args = ["--preset", "tiny-32", "--batch-size", "2", "--rounds", "1", "--warmup", "0"]
-    rows, done = bench(tmp_path, *args, "--baseline", str(ROOT))
-    providers = {(row["provider"], row["kind"]) for row in rows}
-    assert providers == {(p, k) for p in ("brics", "vq-f4", "brics-baseline") for k in BUDGET}, (
-        providers
-    )
+    rows, done = bench(tmp_path, *args, "--baseline", str(ROOT), "--baseline-gan", "wgan-gp")
+    kinds = {(row["provider"], row["kind"]): row for row in rows}
+    lazy = {"regularised", "unregularised", "average"}
+    assert kinds.keys() == {
+        *((p, k) for p in ("brics", "vq-f4") for k in lazy),
+        ("brics-baseline", "regularised"),  # WGAN-GP penalises every step
+        ("brics-baseline", "average"),
+    }, kinds.keys()
     assert all(row["ms_median"] > 0 and row["images_per_s"] > 0 for row in rows)
-    assert (
-        "vs VQ-f4" in (tmp_path / "train_step.md").read_text() and "brics-baseline" in done.stdout
-    )
+    # The average over the penalty's interval: 15 plain steps and one with the penalty
+    ms = lambda provider, kind: kinds[provider, kind]["ms_median"]
+    expected = (15 * ms("brics", "unregularised") + ms("brics", "regularised")) / 16
+    assert ms("brics", "average") == pytest.approx(expected)
+    assert ms("brics-baseline", "average") == ms("brics-baseline", "regularised")
+    assert kinds["brics-baseline", "average"]["gan"] == "wgan-gp"
+    table = (tmp_path / "train_step.md").read_text()
+    assert "vs VQ-f4" in table and "average (k = 16)" in table and "brics-baseline" in done.stdout
 
 
 def test_bad_options_are_named():
