@@ -9,7 +9,7 @@ block from the heap (no ``mmap``: the threshold cannot be raised past 32 MiB, an
 feature map of 128 channels is 32 MiB in float32) and raising the trim threshold keeps
 freed blocks for the next step; the process's resident memory stays at its peak instead of
 shrinking between steps. At 256^2 (``church-64x64x4``, batch 1) this took a step's faults
-from ~1.2 million to none once the heap has grown (2026-12-04).
+from ~600,000 to none once the heap has grown (2026-12-04).
 """
 
 from __future__ import annotations
