@@ -311,23 +311,17 @@ def assemble(specs: list[dict], results: dict, times: dict) -> list[dict]:
 def averages(rows: list[dict]) -> list[dict]:
     """Per provider and precision, the step time averaged over the penalty's interval k:
     ``((k - 1) unregularised + regularised) / k`` (k = 1: every step is regularised)."""
+    timed = {
+        (r["provider"], r["precision"], r["kind"]): r["ms_median"] for r in rows if "ms_median" in r
+    }
     out = []
     for row in rows:
-        if row["kind"] != "regularised" or "ms_median" not in row:
-            continue
+        reg = timed.get((row["provider"], row["precision"], "regularised"))
+        plain = timed.get((row["provider"], row["precision"], "unregularised"))
         k = row["reg_interval"]
-        plain = next(
-            (
-                r
-                for r in rows
-                if (r["provider"], r["precision"], r["kind"])
-                == (row["provider"], row["precision"], "unregularised")
-            ),
-            None,
-        )
-        if k > 1 and (plain is None or "ms_median" not in plain):
+        if row["kind"] != "regularised" or reg is None or (k > 1 and plain is None):
             continue
-        ms = row["ms_median"] if k == 1 else ((k - 1) * plain["ms_median"] + row["ms_median"]) / k
+        ms = reg if k == 1 else ((k - 1) * plain + reg) / k
         keep = ("provider", "checkout", "precision", "preset", "batch", "gan", "reg_interval")
         out.append(
             {

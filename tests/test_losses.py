@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench.op_counter import OpCounter
 from models import (
     AutoencoderOutput,
     Discriminator,
@@ -189,19 +189,6 @@ def test_discriminator_of_real_and_fake_in_one_pass_equals_two_passes(batch):
         disc(torch.randn(3, 3, 16, 16), parts=2)
 
 
-class ConvolutionCount(TorchDispatchMode):
-    """Counts the convolution kernels (forward, input and weight gradient) dispatched."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        self.count += name in ("convolution", "convolution_backward")
-        return func(*args, **(kwargs or {}))
-
-
 def stylegan2_penalty(config: LossConfig, disc: nn.Module, real, fake) -> torch.Tensor:
     """StyleGAN2-ADA's ``Dreg`` phase: the weighted penalty plus 0 x D's logits."""
     if config.gan == "wgan-gp":
@@ -239,10 +226,10 @@ def test_penalty_update_equals_stylegan2s_zero_logits_form_without_its_zero_back
             total = stylegan2_penalty(config, disc, real, fake)
         calls = []
         activations[0].register_hook(calls.append)
-        with ConvolutionCount() as counter:
+        with OpCounter() as counter:
             total.backward()
         grads.append({n: p.grad for n, p in disc.named_parameters()})
-        convolutions.append(counter.count)
+        convolutions.append(counter.summary()["convolutions"])
         reached.append(bool(calls))
     ours, reference = grads
     for name, grad in reference.items():

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ctypes
 import sys
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # glibc's mallopt parameters
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
 TRIM_THRESHOLD = 2**31 - 1  # free heap top returned to the system only beyond 2 GiB
 
 
@@ -34,5 +34,4 @@ def keep_freed_memory() -> bool:
         return False  # not glibc (musl's mallopt does nothing)
     mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    # No block is mapped (M_MMAP_MAX 0), so the mmap threshold no longer matters
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
