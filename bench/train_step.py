@@ -441,7 +441,13 @@ def parse(argv=None):
         default=None,
         help="timed steps of each kind per round (default: 1 on the CPU, 10 on CUDA)",
     )
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps of each kind first")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed steps of each kind first (on the CPU the first steps also grow the "
+        "process's heap)",
+    )
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads on the CPU (0: all cores)"
     )
