@@ -61,17 +61,16 @@ def _pass(x: torch.Tensor, kernel: torch.Tensor, transposed: bool, **conv) -> to
     b, c = x.shape[:2]
     form = _forced[-1] if _forced else DEFAULT_FORMS.get(x.device.type, "depthwise")
     op = F.conv_transpose2d if transposed else F.conv2d
-    kernel = kernel.to(x.dtype)
     with _autocast_off(x):
-        if form == "depthwise" and transposed and x.dtype in LOW_PRECISION:
+        if form == "depthwise":
             # oneDNN's bf16 depthwise transposed convolution is ~10x slower than its float32
             # one (2-core Xeon with AMX, 2026-12-04: 213 vs 19 ms for a (2, 128, 128, 128)
-            # upsampling); float32 also rounds once instead of per tap
-            kernel = kernel.float().expand(c, 1, *kernel.shape[2:])
-            return op(x.float(), kernel, groups=c, **conv).to(x.dtype)
-        if form == "depthwise":
-            return op(x, kernel.expand(c, 1, *kernel.shape[2:]), groups=c, **conv)
-        y = op(x.reshape(b * c, 1, *x.shape[2:]), kernel, **conv)
+            # upsampling): that pass computes in float32, which also rounds once, not per tap
+            low = transposed and x.dtype in LOW_PRECISION
+            inputs = x.float() if low else x
+            kernel = kernel.to(inputs.dtype).expand(c, 1, *kernel.shape[2:])
+            return op(inputs, kernel, groups=c, **conv).to(x.dtype)
+        y = op(x.reshape(b * c, 1, *x.shape[2:]), kernel.to(x.dtype), **conv)
     return y.reshape(b, c, *y.shape[2:])
 
 
