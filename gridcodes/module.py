@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from . import cpu, ops, tcnn, usage
+from . import cpu, ops, usage
 from .levels import GridConfig, level_table
 from .reference import compute_dtype, grid_encode_reference
 
@@ -144,12 +144,16 @@ class MultiResGrid(nn.Module):
         ``gridcodes.tcnn.Encoding`` keeps tcnn's (N, d) -> (N, L*F) call and flat params.
         Coordinates outside [0, 1] are clamped (tcnn wraps them around).
         """
-        kwargs = tcnn.grid_arguments(n_input_dims, encoding_config)
+        from .tcnn.grid import grid_arguments  # gridcodes.tcnn builds on this module
+
+        kwargs = grid_arguments(n_input_dims, encoding_config)
         return cls(**kwargs, n_groups=n_groups, backend=backend, deterministic=deterministic)
 
     def load_tcnn_params(self, flat: torch.Tensor) -> None:
         """Load tcnn's flat parameter vector, (n_params,) or (n_groups, n_params)."""
-        tcnn.load_params(self, flat)
+        from .tcnn.grid import load_params
+
+        load_params(self, flat)
 
     def tcnn_params(self) -> torch.Tensor:
         """The table in tcnn's flat layout: (n_params,) for one group, else (n_groups, n_params)."""

@@ -193,7 +193,6 @@ def test_level_rules_hand_computed():
     [
         ({"otype": "Frequency"}, ValueError, "'HashGrid', 'DenseGrid', 'TiledGrid'"),
         ({}, ValueError, "otype"),
-        ({"otype": "HashGrid", "n_levls": 4}, ValueError, "unknown keys \\['n_levls'\\]"),
         ({"otype": "HashGrid", "interpolation": "Nearest"}, ValueError, "Nearest"),
         ({"otype": "HashGrid", "interpolation": "Cubic"}, ValueError, "'Cubic'"),
         ({"otype": "Grid", "type": "Octree"}, ValueError, "'Octree'"),
@@ -208,6 +207,18 @@ def test_level_rules_hand_computed():
 def test_bad_tcnn_configs_name_the_value(config, error, message):
     with pytest.raises(error, match=message):
         MultiResGrid.from_tcnn(3, config)
+
+
+def test_keys_tcnn_does_not_read_are_ignored_with_a_warning_each():
+    # Real configs carry keys of their own (instant-nsr-pl: include_xyz, start_level, ...);
+    # tcnn ignores them, so a config with them builds the same grid, and each key warns once.
+    config = {**CONFIGS["hash"], "include_xyz": True, "start_level": 4, "n_levls": 4}
+    with pytest.warns(UserWarning) as caught:
+        grid = MultiResGrid.from_tcnn(3, config)
+    messages = [str(w.message) for w in caught]
+    for key in ("include_xyz", "start_level", "n_levls"):
+        assert sum(f"'{key}'" in m for m in messages) == 1, messages
+    assert grid.config == MultiResGrid.from_tcnn(3, CONFIGS["hash"]).config
 
 
 def test_tcnn_grids_save_and_load(tmp_path):

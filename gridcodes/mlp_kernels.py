@@ -1,0 +1,281 @@
+"""Triton kernels of the fully fused MLP (docs/tcnn.md §3; reference: ``mlp_reference.py``).
+
+A program owns ``BLOCK_M`` rows of the batch and carries them through every layer on chip:
+each layer is one ``tl.dot`` (tensor cores, float32 accumulation) of the rows' activations
+(BLOCK_M, k) with the transposed weight matrix, then the activation, then a cast back to
+the compute dtype (float16 or bfloat16) for the next dot. Weights are read from the flat
+parameter vector in ``MLPLayout`` order, each matrix row-major (out, in).
+
+The forward stores the hidden post-activations (as tcnn's FullyFusedMLP does) when a
+backward will follow. The backward is one kernel as well: per block of rows it walks the
+layers from last to first, ``dz_l = dh_l * act'(h_l)`` (the derivative read from the
+post-activation, as tcnn), ``dh_{l-1} = dz_l @ W_l``, and adds the block's share of each
+weight gradient, ``dW_l += dz_l^T @ h_{l-1}``, to a float32 buffer: with atomics, or
+(deterministic) into a row of partial sums per program that the launcher then sums. No
+activation makes a round trip through memory between layers.
+
+float16 runs with tcnn's loss scale (the upstream gradient times 128 before the first
+cast, the gradients divided by it when written), so small gradients do not underflow.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Codes of tcnn's activations, indices into mlp_reference.ACTIVATIONS.
+NONE: tl.constexpr = tl.constexpr(0)
+RELU: tl.constexpr = tl.constexpr(1)
+LEAKY_RELU: tl.constexpr = tl.constexpr(2)
+EXPONENTIAL: tl.constexpr = tl.constexpr(3)
+SINE: tl.constexpr = tl.constexpr(4)
+SIGMOID: tl.constexpr = tl.constexpr(5)
+SQUAREPLUS: tl.constexpr = tl.constexpr(6)
+SOFTPLUS: tl.constexpr = tl.constexpr(7)
+TANH: tl.constexpr = tl.constexpr(8)
+SILU: tl.constexpr = tl.constexpr(9)
+K_ACT: tl.constexpr = tl.constexpr(10.0)  # common_device.h K_ACT
+
+
+@triton.jit
+def _sigmoid(z):
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def _activation(z, ACT: tl.constexpr):
+    """tcnn's activation ACT of float32 ``z`` (mlp_reference.activation)."""
+    if ACT == RELU:
+        out = tl.maximum(z, 0.0)
+    elif ACT == LEAKY_RELU:
+        out = tl.where(z > 0.0, z, z * 0.01)
+    elif ACT == EXPONENTIAL:
+        out = tl.exp(z)
+    elif ACT == SINE:
+        out = tl.sin(z)
+    elif ACT == SIGMOID:
+        out = _sigmoid(z)
+    elif ACT == SQUAREPLUS:
+        u = z * K_ACT
+        out = 0.5 * (u + tl.sqrt(u * u + 4.0)) / K_ACT
+    elif ACT == SOFTPLUS:
+        u = z * K_ACT
+        out = (tl.maximum(u, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(u)))) / K_ACT
+    elif ACT == TANH:
+        out = 2.0 * _sigmoid(2.0 * z) - 1.0
+    elif ACT == SILU:
+        out = z * _sigmoid(z)
+    else:
+        out = z
+    return out
+
+
+@triton.jit
+def _derivative_from_output(h, ACT: tl.constexpr):
+    """d act / dz written in the post-activation ``h`` (float32), tcnn's
+    ``warp_activation_backward``; Sine and SiLU cannot be (FullyFusedMLP refuses them)."""
+    if ACT == RELU:
+        out = tl.where(h > 0.0, 1.0, 0.0)
+    elif ACT == LEAKY_RELU:
+        out = tl.where(h > 0.0, 1.0, 0.01)
+    elif ACT == EXPONENTIAL:
+        out = h
+    elif ACT == SIGMOID:
+        out = h * (1.0 - h)
+    elif ACT == SQUAREPLUS:
+        y = h * K_ACT
+        out = y * y / (y * y + 1.0)
+    elif ACT == SOFTPLUS:
+        out = 1.0 - tl.exp(-h * K_ACT)
+    elif ACT == TANH:
+        out = 1.0 - h * h
+    else:
+        out = tl.full(h.shape, 1.0, tl.float32)
+    return out
+
+
+@triton.jit
+def _derivative(z, ACT: tl.constexpr):
+    """d act / dz at the pre-activation ``z`` (float32), for every activation."""
+    if ACT == SINE:
+        out = tl.cos(z)
+    elif ACT == SILU:
+        s = _sigmoid(z)
+        out = s + z * s * (1.0 - s)
+    else:
+        out = _derivative_from_output(_activation(z, ACT), ACT)
+    return out
+
+
+@triton.jit
+def _dot(a, b, DOT_F32: tl.constexpr):
+    """a @ b with float32 accumulation; DOT_F32 (the interpreter's bfloat16, whose own dot
+    is wrong) multiplies the bfloat16-rounded operands in float32, which is exact."""
+    if DOT_F32:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32))
+    else:
+        out = tl.dot(a, b)
+    return out
+
+
+@triton.jit
+def _matrix(w_ptr, offset, ROWS: tl.constexpr, COLS: tl.constexpr, DTYPE: tl.constexpr):
+    """The (ROWS, COLS) row-major matrix at ``offset`` of the flat parameters, as DTYPE."""
+    r = tl.arange(0, ROWS)
+    c = tl.arange(0, COLS)
+    return tl.load(w_ptr + offset + r[:, None] * COLS + c[None, :]).to(DTYPE)
+
+
+@triton.jit
+def _input_block(x_ptr, rows, live, n_in, stride_x, IN_PAD: tl.constexpr, PAD_VALUE, DTYPE):
+    """Rows ``rows`` of x (N, n_in) padded to IN_PAD columns that read PAD_VALUE, as DTYPE."""
+    c = tl.arange(0, IN_PAD)
+    real = c < n_in
+    x = tl.load(x_ptr + rows[:, None] * stride_x + c[None, :], mask=live[:, None] & real[None, :])
+    return tl.where(real[None, :], x.to(tl.float32), PAD_VALUE).to(DTYPE)
+
+
+@triton.jit
+def _hidden_offset(layer, IN_PAD: tl.constexpr, WIDTH: tl.constexpr):
+    """Where hidden matrix ``layer`` (1 .. n_hidden - 1; n_hidden: the output matrix) starts."""
+    return IN_PAD * WIDTH + (layer - 1) * WIDTH * WIDTH
+
+
+@triton.jit
+def _hidden(h_ptr, layer, rows, live, n_hidden, WIDTH: tl.constexpr):
+    """Rows ``rows`` (int64) of the saved post-activations of hidden layer ``layer``."""
+    cols = tl.arange(0, WIDTH)
+    ptrs = h_ptr + (rows[:, None] * n_hidden + layer) * WIDTH + cols[None, :]
+    return tl.load(ptrs, mask=live[:, None], other=0.0)
+
+
+@triton.jit
+def _add_gradient(
+    dw_ptr, offset, grad, ROWS: tl.constexpr, COLS: tl.constexpr, ATOMIC: tl.constexpr
+):
+    """Add one block's (ROWS, COLS) float32 share of a weight gradient at ``offset``."""
+    r = tl.arange(0, ROWS)
+    c = tl.arange(0, COLS)
+    ptrs = dw_ptr + offset + r[:, None] * COLS + c[None, :]
+    if ATOMIC:
+        tl.atomic_add(ptrs, grad, sem="relaxed")
+    else:
+        tl.store(ptrs, grad)
+
+
+@triton.jit
+def mlp_forward_kernel(
+    x_ptr,  # (N, n_in) input rows, any float dtype, row stride stride_x
+    w_ptr,  # (n_params,) flat weights (MLPLayout order), float32 or DTYPE
+    y_ptr,  # (N, n_out) output, row stride stride_y
+    h_ptr,  # (N, n_hidden, WIDTH) hidden post-activations in DTYPE, written when SAVE
+    n_rows,
+    n_in,
+    n_out,
+    stride_x,
+    stride_y,
+    n_hidden,  # hidden layers, >= 1: n_hidden + 1 matrices (not a constexpr: the loops stay loops)
+    PAD_VALUE,  # what the padded input columns read (tcnn: 1.0)
+    IN_PAD: tl.constexpr,
+    WIDTH: tl.constexpr,
+    OUT_PAD: tl.constexpr,
+    ACT: tl.constexpr,
+    OUT_ACT: tl.constexpr,
+    SAVE: tl.constexpr,
+    DTYPE: tl.constexpr,  # tl.float16 or tl.bfloat16: the operands of every dot
+    DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    live = rows < n_rows
+    rows = rows.to(tl.int64)
+    cols = tl.arange(0, WIDTH)
+    h = _input_block(x_ptr, rows, live, n_in, stride_x, IN_PAD, PAD_VALUE, DTYPE)
+    w = _matrix(w_ptr, 0, WIDTH, IN_PAD, DTYPE)
+    h = _activation(_dot(h, tl.trans(w), DOT_F32), ACT).to(DTYPE)
+    if SAVE:
+        tl.store(h_ptr + rows[:, None] * n_hidden * WIDTH + cols[None, :], h, mask=live[:, None])
+    # The hidden matrices are alike: a loop (not unrolled), so one matrix is live at a time.
+    for layer in range(1, n_hidden):
+        w_hidden = _matrix(w_ptr, _hidden_offset(layer, IN_PAD, WIDTH), WIDTH, WIDTH, DTYPE)
+        h = _activation(_dot(h, tl.trans(w_hidden), DOT_F32), ACT).to(DTYPE)
+        if SAVE:
+            saved = h_ptr + (rows[:, None] * n_hidden + layer) * WIDTH + cols[None, :]
+            tl.store(saved, h, mask=live[:, None])
+    offset = _hidden_offset(n_hidden, IN_PAD, WIDTH)
+    w = _matrix(w_ptr, offset, OUT_PAD, WIDTH, DTYPE)
+    y = _activation(_dot(h, tl.trans(w), DOT_F32), OUT_ACT)
+    c = tl.arange(0, OUT_PAD)
+    out = y_ptr + rows[:, None] * stride_y + c[None, :]
+    tl.store(out, y.to(y_ptr.dtype.element_ty), mask=live[:, None] & (c < n_out)[None, :])
+
+
+@triton.jit
+def mlp_backward_kernel(
+    x_ptr,  # (N, n_in) the forward's input, row stride stride_x
+    w_ptr,  # (n_params,) flat weights, float32 or DTYPE
+    h_ptr,  # (N, n_hidden, WIDTH) the forward's hidden post-activations, DTYPE
+    dy_ptr,  # (N, n_out) upstream gradient, row stride stride_dy
+    dx_ptr,  # (N, n_in) input gradient (written when NEED_DX), row stride n_in
+    dw_ptr,  # float32 weight gradient: (n_params,) zeros (ATOMIC) or (programs, n_params)
+    n_rows,
+    n_in,
+    n_out,
+    stride_x,
+    stride_dy,
+    n_hidden,
+    PAD_VALUE,
+    IN_PAD: tl.constexpr,
+    WIDTH: tl.constexpr,
+    OUT_PAD: tl.constexpr,
+    ACT: tl.constexpr,
+    OUT_ACT: tl.constexpr,
+    NEED_DX: tl.constexpr,
+    ATOMIC: tl.constexpr,
+    LOSS_SCALE: tl.constexpr,
+    DTYPE: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    live = rows < n_rows
+    rows = rows.to(tl.int64)
+    n_params = IN_PAD * WIDTH + (n_hidden - 1) * WIDTH * WIDTH + OUT_PAD * WIDTH
+    if not ATOMIC:
+        dw_ptr += pid.to(tl.int64) * n_params
+
+    # Output layer: dz = dy * out_act'(z), z recomputed from the last hidden activations.
+    c = tl.arange(0, OUT_PAD)
+    dy_mask = live[:, None] & (c < n_out)[None, :]
+    dz_out = tl.load(dy_ptr + rows[:, None] * stride_dy + c[None, :], mask=dy_mask, other=0.0)
+    dz_out = dz_out.to(tl.float32) * LOSS_SCALE
+    h = _hidden(h_ptr, n_hidden - 1, rows, live, n_hidden, WIDTH)
+    offset = _hidden_offset(n_hidden, IN_PAD, WIDTH)
+    w_out = _matrix(w_ptr, offset, OUT_PAD, WIDTH, DTYPE)
+    if OUT_ACT != NONE:
+        dz_out = dz_out * _derivative(_dot(h, tl.trans(w_out), DOT_F32), OUT_ACT)
+    dz_out = dz_out.to(DTYPE)
+    dw_out = _dot(tl.trans(dz_out), h, DOT_F32) / LOSS_SCALE
+    _add_gradient(dw_ptr, offset, dw_out, OUT_PAD, WIDTH, ATOMIC)
+    dh = _dot(dz_out, w_out, DOT_F32)
+    # Hidden layers, last to first: layer l maps h_{l-1} to h_l with W_l (WIDTH, WIDTH).
+    for step in range(n_hidden - 1):
+        layer = n_hidden - 1 - step
+        dz = (dh * _derivative_from_output(h.to(tl.float32), ACT)).to(DTYPE)
+        h = _hidden(h_ptr, layer - 1, rows, live, n_hidden, WIDTH)
+        offset = _hidden_offset(layer, IN_PAD, WIDTH)
+        w = _matrix(w_ptr, offset, WIDTH, WIDTH, DTYPE)
+        dw = _dot(tl.trans(dz), h, DOT_F32) / LOSS_SCALE
+        _add_gradient(dw_ptr, offset, dw, WIDTH, WIDTH, ATOMIC)
+        dh = _dot(dz, w, DOT_F32)
+    # First layer: W_0 (WIDTH, IN_PAD) reads the padded input.
+    dz = (dh * _derivative_from_output(h.to(tl.float32), ACT)).to(DTYPE)
+    x = _input_block(x_ptr, rows, live, n_in, stride_x, IN_PAD, PAD_VALUE, DTYPE)
+    _add_gradient(dw_ptr, 0, _dot(tl.trans(dz), x, DOT_F32) / LOSS_SCALE, WIDTH, IN_PAD, ATOMIC)
+    if NEED_DX:
+        w_in = _matrix(w_ptr, 0, WIDTH, IN_PAD, DTYPE)
+        dx = _dot(dz, w_in, DOT_F32) / LOSS_SCALE
+        ci = tl.arange(0, IN_PAD)
+        ptrs = dx_ptr + rows[:, None] * n_in + ci[None, :]
+        tl.store(ptrs, dx.to(dx_ptr.dtype.element_ty), mask=live[:, None] & (ci < n_in)[None, :])
