@@ -93,7 +93,11 @@ class OneBlob(nn.Module):
 class TriangleWave(nn.Module):
     """Per dimension i, for k = 0 .. n_frequencies - 1, a triangle wave of period
     ``2**(1 - k)`` phase-shifted by k / 4 periods, in [-1, 1] (triangle_wave.h
-    ``triangle_wave_encoding``: ``v = x 2**(k-1) + k / 4``, ``|v - floor(v) - 1/2| 4 - 1``)."""
+    ``triangle_wave_encoding``: ``v = x 2**(k-1) + k / 4``, ``|v - floor(v) - 1/2| 4 - 1``).
+
+    The absolute value is written ``s (v - floor(v) - 1/2)`` with tcnn's sign
+    ``s = floor(2 v) % 2 == 0 ? -1 : 1`` (C++'s remainder), so that autograd gives tcnn's
+    derivative ``s 2**(k+1)`` at the kinks too (x = 0 is one, for k = 2)."""
 
     def __init__(self, n_dims: int, n_frequencies: int = 12) -> None:
         super().__init__()
@@ -103,7 +107,9 @@ class TriangleWave(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = torch.arange(self.n_frequencies, device=x.device, dtype=torch.float32)
         v = x.float()[:, :, None] * 2.0 ** (k - 1) + k * 0.25
-        return ((v - torch.floor(v) - 0.5).abs() * 4 - 1).reshape(x.shape[0], -1)
+        with torch.no_grad():
+            sign = torch.where(torch.fmod(torch.floor(v * 2), 2) == 0, -1.0, 1.0)
+        return (sign * (v - torch.floor(v) - 0.5) * 4 - 1).reshape(x.shape[0], -1)
 
     def extra_repr(self) -> str:
         return f"n_dims={self.n_dims}, n_frequencies={self.n_frequencies}"

@@ -108,10 +108,10 @@ def _derivative(z, ACT: tl.constexpr):
 
 
 @triton.jit
-def _dot(a, b, DOT_F32: tl.constexpr):
-    """a @ b with float32 accumulation; DOT_F32 (the interpreter's bfloat16, whose own dot
-    is wrong) multiplies the bfloat16-rounded operands in float32, which is exact."""
-    if DOT_F32:
+def _dot(a, b, EMULATE: tl.constexpr):
+    """a @ b with float32 accumulation. EMULATE (Triton's interpreter, whose bfloat16 dot is
+    wrong) multiplies the float16 / bfloat16 operands in float32, which is exact."""
+    if EMULATE:
         out = tl.dot(a.to(tl.float32), b.to(tl.float32))
     else:
         out = tl.dot(a, b)
@@ -119,20 +119,43 @@ def _dot(a, b, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def _matrix(w_ptr, offset, ROWS: tl.constexpr, COLS: tl.constexpr, DTYPE: tl.constexpr):
-    """The (ROWS, COLS) row-major matrix at ``offset`` of the flat parameters, as DTYPE."""
-    r = tl.arange(0, ROWS)
-    c = tl.arange(0, COLS)
-    return tl.load(w_ptr + offset + r[:, None] * COLS + c[None, :]).to(DTYPE)
+def _cast(x, DTYPE: tl.constexpr, EMULATE: tl.constexpr):
+    """x rounded to DTYPE, to nearest even. EMULATE: Triton's interpreter truncates float32
+    to bfloat16, so round the float32 bits first (then the truncation is exact)."""
+    if EMULATE and DTYPE == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(DTYPE)
 
 
 @triton.jit
-def _input_block(x_ptr, rows, live, n_in, stride_x, IN_PAD: tl.constexpr, PAD_VALUE, DTYPE):
-    """Rows ``rows`` of x (N, n_in) padded to IN_PAD columns that read PAD_VALUE, as DTYPE."""
-    c = tl.arange(0, IN_PAD)
+def _matrix(
+    w_ptr, offset, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_R, BLOCK_C, DTYPE, EMULATE
+):
+    """The (ROWS, COLS) row-major matrix at ``offset`` of the flat parameters, as DTYPE, in a
+    (BLOCK_R, BLOCK_C) block (powers of two, tl.arange's sizes), zeros beyond."""
+    r = tl.arange(0, BLOCK_R)
+    c = tl.arange(0, BLOCK_C)
+    ptrs = w_ptr + offset + r[:, None] * COLS + c[None, :]
+    if ROWS == BLOCK_R and COLS == BLOCK_C:
+        w = tl.load(ptrs)
+    else:
+        w = tl.load(ptrs, mask=(r < ROWS)[:, None] & (c < COLS)[None, :], other=0.0)
+    return _cast(w, DTYPE, EMULATE)
+
+
+@triton.jit
+def _input_block(
+    x_ptr, rows, live, n_in, stride_x, IN_PAD: tl.constexpr, IN_BLOCK, PAD_VALUE, DTYPE, EMULATE
+):
+    """Rows ``rows`` of x (N, n_in), padded to IN_PAD columns that read PAD_VALUE (and zeros up
+    to IN_BLOCK), as DTYPE."""
+    c = tl.arange(0, IN_BLOCK)
     real = c < n_in
     x = tl.load(x_ptr + rows[:, None] * stride_x + c[None, :], mask=live[:, None] & real[None, :])
-    return tl.where(real[None, :], x.to(tl.float32), PAD_VALUE).to(DTYPE)
+    x = tl.where(real[None, :], x.to(tl.float32), tl.where(c < IN_PAD, PAD_VALUE, 0.0)[None, :])
+    return _cast(x, DTYPE, EMULATE)
 
 
 @triton.jit
@@ -151,16 +174,18 @@ def _hidden(h_ptr, layer, rows, live, n_hidden, WIDTH: tl.constexpr):
 
 @triton.jit
 def _add_gradient(
-    dw_ptr, offset, grad, ROWS: tl.constexpr, COLS: tl.constexpr, ATOMIC: tl.constexpr
+    dw_ptr, offset, grad, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_R, BLOCK_C, ATOMIC
 ):
-    """Add one block's (ROWS, COLS) float32 share of a weight gradient at ``offset``."""
-    r = tl.arange(0, ROWS)
-    c = tl.arange(0, COLS)
+    """Add one block's float32 share of a (ROWS, COLS) weight gradient at ``offset`` (``grad``
+    is its (BLOCK_R, BLOCK_C) block; what lies beyond ROWS, COLS is dropped)."""
+    r = tl.arange(0, BLOCK_R)
+    c = tl.arange(0, BLOCK_C)
     ptrs = dw_ptr + offset + r[:, None] * COLS + c[None, :]
+    mask = (r < ROWS)[:, None] & (c < COLS)[None, :]
     if ATOMIC:
-        tl.atomic_add(ptrs, grad, sem="relaxed")
+        tl.atomic_add(ptrs, grad, mask=mask, sem="relaxed")
     else:
-        tl.store(ptrs, grad)
+        tl.store(ptrs, grad, mask=mask)
 
 
 @triton.jit
@@ -176,38 +201,43 @@ def mlp_forward_kernel(
     stride_y,
     n_hidden,  # hidden layers, >= 1: n_hidden + 1 matrices (not a constexpr: the loops stay loops)
     PAD_VALUE,  # what the padded input columns read (tcnn: 1.0)
-    IN_PAD: tl.constexpr,
+    IN_PAD: tl.constexpr,  # columns of the first matrix (n_in rounded up to 16)
+    IN_BLOCK: tl.constexpr,  # IN_PAD rounded up to a power of two
     WIDTH: tl.constexpr,
-    OUT_PAD: tl.constexpr,
+    OUT_PAD: tl.constexpr,  # rows of the last matrix (n_out rounded up to 16)
+    OUT_BLOCK: tl.constexpr,  # OUT_PAD rounded up to a power of two
     ACT: tl.constexpr,
     OUT_ACT: tl.constexpr,
     SAVE: tl.constexpr,
     DTYPE: tl.constexpr,  # tl.float16 or tl.bfloat16: the operands of every dot
-    DOT_F32: tl.constexpr,
+    EMULATE: tl.constexpr,  # running in Triton's interpreter (_dot, _cast)
     BLOCK_M: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     live = rows < n_rows
     rows = rows.to(tl.int64)
     cols = tl.arange(0, WIDTH)
-    h = _input_block(x_ptr, rows, live, n_in, stride_x, IN_PAD, PAD_VALUE, DTYPE)
-    w = _matrix(w_ptr, 0, WIDTH, IN_PAD, DTYPE)
-    h = _activation(_dot(h, tl.trans(w), DOT_F32), ACT).to(DTYPE)
+    h = _input_block(x_ptr, rows, live, n_in, stride_x, IN_PAD, IN_BLOCK, PAD_VALUE, DTYPE, EMULATE)
+    w = _matrix(w_ptr, 0, WIDTH, IN_PAD, WIDTH, IN_BLOCK, DTYPE, EMULATE)
+    h = _cast(_activation(_dot(h, tl.trans(w), EMULATE), ACT), DTYPE, EMULATE)
     if SAVE:
         tl.store(h_ptr + rows[:, None] * n_hidden * WIDTH + cols[None, :], h, mask=live[:, None])
     # The hidden matrices are alike: a loop (not unrolled), so one matrix is live at a time.
     for layer in range(1, n_hidden):
-        w_hidden = _matrix(w_ptr, _hidden_offset(layer, IN_PAD, WIDTH), WIDTH, WIDTH, DTYPE)
-        h = _activation(_dot(h, tl.trans(w_hidden), DOT_F32), ACT).to(DTYPE)
+        offset = _hidden_offset(layer, IN_PAD, WIDTH)
+        w_hidden = _matrix(w_ptr, offset, WIDTH, WIDTH, WIDTH, WIDTH, DTYPE, EMULATE)
+        h = _cast(_activation(_dot(h, tl.trans(w_hidden), EMULATE), ACT), DTYPE, EMULATE)
         if SAVE:
             saved = h_ptr + (rows[:, None] * n_hidden + layer) * WIDTH + cols[None, :]
             tl.store(saved, h, mask=live[:, None])
     offset = _hidden_offset(n_hidden, IN_PAD, WIDTH)
-    w = _matrix(w_ptr, offset, OUT_PAD, WIDTH, DTYPE)
-    y = _activation(_dot(h, tl.trans(w), DOT_F32), OUT_ACT)
-    c = tl.arange(0, OUT_PAD)
+    w = _matrix(w_ptr, offset, OUT_PAD, WIDTH, OUT_BLOCK, WIDTH, DTYPE, EMULATE)
+    y = _activation(_dot(h, tl.trans(w), EMULATE), OUT_ACT)
+    c = tl.arange(0, OUT_BLOCK)
     out = y_ptr + rows[:, None] * stride_y + c[None, :]
-    tl.store(out, y.to(y_ptr.dtype.element_ty), mask=live[:, None] & (c < n_out)[None, :])
+    tl.store(
+        out, _cast(y, y_ptr.dtype.element_ty, EMULATE), mask=live[:, None] & (c < n_out)[None, :]
+    )
 
 
 @triton.jit
@@ -225,16 +255,18 @@ def mlp_backward_kernel(
     stride_dy,
     n_hidden,
     PAD_VALUE,
-    IN_PAD: tl.constexpr,
+    IN_PAD: tl.constexpr,  # columns of the first matrix (n_in rounded up to 16)
+    IN_BLOCK: tl.constexpr,  # IN_PAD rounded up to a power of two
     WIDTH: tl.constexpr,
-    OUT_PAD: tl.constexpr,
+    OUT_PAD: tl.constexpr,  # rows of the last matrix (n_out rounded up to 16)
+    OUT_BLOCK: tl.constexpr,  # OUT_PAD rounded up to a power of two
     ACT: tl.constexpr,
     OUT_ACT: tl.constexpr,
     NEED_DX: tl.constexpr,
     ATOMIC: tl.constexpr,
     LOSS_SCALE: tl.constexpr,
     DTYPE: tl.constexpr,
-    DOT_F32: tl.constexpr,
+    EMULATE: tl.constexpr,  # running in Triton's interpreter (_dot, _cast)
     BLOCK_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -246,36 +278,49 @@ def mlp_backward_kernel(
         dw_ptr += pid.to(tl.int64) * n_params
 
     # Output layer: dz = dy * out_act'(z), z recomputed from the last hidden activations.
-    c = tl.arange(0, OUT_PAD)
+    c = tl.arange(0, OUT_BLOCK)
     dy_mask = live[:, None] & (c < n_out)[None, :]
     dz_out = tl.load(dy_ptr + rows[:, None] * stride_dy + c[None, :], mask=dy_mask, other=0.0)
     dz_out = dz_out.to(tl.float32) * LOSS_SCALE
     h = _hidden(h_ptr, n_hidden - 1, rows, live, n_hidden, WIDTH)
     offset = _hidden_offset(n_hidden, IN_PAD, WIDTH)
-    w_out = _matrix(w_ptr, offset, OUT_PAD, WIDTH, DTYPE)
+    w_out = _matrix(w_ptr, offset, OUT_PAD, WIDTH, OUT_BLOCK, WIDTH, DTYPE, EMULATE)
     if OUT_ACT != NONE:
-        dz_out = dz_out * _derivative(_dot(h, tl.trans(w_out), DOT_F32), OUT_ACT)
-    dz_out = dz_out.to(DTYPE)
-    dw_out = _dot(tl.trans(dz_out), h, DOT_F32) / LOSS_SCALE
-    _add_gradient(dw_ptr, offset, dw_out, OUT_PAD, WIDTH, ATOMIC)
-    dh = _dot(dz_out, w_out, DOT_F32)
+        dz_out = dz_out * _derivative(_dot(h, tl.trans(w_out), EMULATE), OUT_ACT)
+    dz_out = _cast(dz_out, DTYPE, EMULATE)
+    dw_out = _dot(tl.trans(dz_out), h, EMULATE) / LOSS_SCALE
+    _add_gradient(dw_ptr, offset, dw_out, OUT_PAD, WIDTH, OUT_BLOCK, WIDTH, ATOMIC)
+    dh = _dot(dz_out, w_out, EMULATE)
     # Hidden layers, last to first: layer l maps h_{l-1} to h_l with W_l (WIDTH, WIDTH).
     for step in range(n_hidden - 1):
         layer = n_hidden - 1 - step
-        dz = (dh * _derivative_from_output(h.to(tl.float32), ACT)).to(DTYPE)
+        dz = _cast(dh * _derivative_from_output(h.to(tl.float32), ACT), DTYPE, EMULATE)
         h = _hidden(h_ptr, layer - 1, rows, live, n_hidden, WIDTH)
         offset = _hidden_offset(layer, IN_PAD, WIDTH)
-        w = _matrix(w_ptr, offset, WIDTH, WIDTH, DTYPE)
-        dw = _dot(tl.trans(dz), h, DOT_F32) / LOSS_SCALE
-        _add_gradient(dw_ptr, offset, dw, WIDTH, WIDTH, ATOMIC)
-        dh = _dot(dz, w, DOT_F32)
+        w = _matrix(w_ptr, offset, WIDTH, WIDTH, WIDTH, WIDTH, DTYPE, EMULATE)
+        dw = _dot(tl.trans(dz), h, EMULATE) / LOSS_SCALE
+        _add_gradient(dw_ptr, offset, dw, WIDTH, WIDTH, WIDTH, WIDTH, ATOMIC)
+        dh = _dot(dz, w, EMULATE)
     # First layer: W_0 (WIDTH, IN_PAD) reads the padded input.
-    dz = (dh * _derivative_from_output(h.to(tl.float32), ACT)).to(DTYPE)
-    x = _input_block(x_ptr, rows, live, n_in, stride_x, IN_PAD, PAD_VALUE, DTYPE)
-    _add_gradient(dw_ptr, 0, _dot(tl.trans(dz), x, DOT_F32) / LOSS_SCALE, WIDTH, IN_PAD, ATOMIC)
+    dz = _cast(dh * _derivative_from_output(h.to(tl.float32), ACT), DTYPE, EMULATE)
+    x = _input_block(x_ptr, rows, live, n_in, stride_x, IN_PAD, IN_BLOCK, PAD_VALUE, DTYPE, EMULATE)
+    _add_gradient(
+        dw_ptr,
+        0,
+        _dot(tl.trans(dz), x, EMULATE) / LOSS_SCALE,
+        WIDTH,
+        IN_PAD,
+        WIDTH,
+        IN_BLOCK,
+        ATOMIC,
+    )
     if NEED_DX:
-        w_in = _matrix(w_ptr, 0, WIDTH, IN_PAD, DTYPE)
-        dx = _dot(dz, w_in, DOT_F32) / LOSS_SCALE
-        ci = tl.arange(0, IN_PAD)
+        w_in = _matrix(w_ptr, 0, WIDTH, IN_PAD, WIDTH, IN_BLOCK, DTYPE, EMULATE)
+        dx = _dot(dz, w_in, EMULATE) / LOSS_SCALE
+        ci = tl.arange(0, IN_BLOCK)
         ptrs = dx_ptr + rows[:, None] * n_in + ci[None, :]
-        tl.store(ptrs, dx.to(dx_ptr.dtype.element_ty), mask=live[:, None] & (ci < n_in)[None, :])
+        tl.store(
+            ptrs,
+            _cast(dx, dx_ptr.dtype.element_ty, EMULATE),
+            mask=live[:, None] & (ci < n_in)[None, :],
+        )

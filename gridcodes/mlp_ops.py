@@ -77,12 +77,14 @@ def _constants(spec: MLPSpec) -> dict:
     layout = spec.layout
     return {
         "IN_PAD": layout.in_padded,
+        "IN_BLOCK": triton.next_power_of_2(layout.in_padded),
         "WIDTH": layout.width,
         "OUT_PAD": layout.out_padded,
+        "OUT_BLOCK": triton.next_power_of_2(layout.out_padded),
         "ACT": ACTIVATIONS.index(spec.activation),
         "OUT_ACT": ACTIVATIONS.index(spec.output_activation),
         "DTYPE": tl.float16 if spec.dtype == torch.float16 else tl.bfloat16,
-        "DOT_F32": ops.INTERPRET and spec.dtype == torch.bfloat16,
+        "EMULATE": ops.INTERPRET,
     }
 
 

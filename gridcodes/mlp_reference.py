@@ -157,15 +157,24 @@ def mlp_reference(
     activation_: str = "ReLU",
     output_activation: str = "None",
     pad_value: float = 1.0,
+    rounding: torch.dtype | None = None,
 ) -> torch.Tensor:
     """x (N, n_input_dims) -> (N, n_output_dims), computed in ``params``' dtype.
 
     Every hidden layer is ``h = activation(h @ W.T)``, the last ``output_activation(h @ W.T)``;
-    the padded output rows are dropped.
+    the padded output rows are dropped. With ``rounding`` (float16 or bfloat16), the input,
+    the weights and every hidden activation are rounded to it as the fused kernels store
+    them, the rest computed in ``params``' dtype: the fused kernels' numbers, up to the
+    order of their float32 sums. The roundings are invisible to autograd (straight
+    through), so gradients are exact for the rounded values.
     """
-    h = pad_input(x.to(params.dtype), layout, pad_value)
-    weights = layout.matrices(params)
+    if rounding is None:
+        rounded = lambda t: t
+    else:
+        rounded = lambda t: t + (t.detach().to(rounding).to(t.dtype) - t.detach())
+    h = rounded(pad_input(x.to(params.dtype), layout, pad_value))
+    weights = [rounded(w) for w in layout.matrices(params)]
     for w in weights[:-1]:
-        h = activation(activation_, h @ w.T)
+        h = rounded(activation(activation_, h @ w.T))
     y = activation(output_activation, h @ weights[-1].T)
     return y[:, : layout.n_output_dims]
