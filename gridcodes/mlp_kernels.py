@@ -122,7 +122,7 @@ def _dot(a, b, EMULATE: tl.constexpr):
 def _cast(x, DTYPE: tl.constexpr, EMULATE: tl.constexpr):
     """x rounded to DTYPE, to nearest even. EMULATE: Triton's interpreter truncates float32
     to bfloat16, so round the float32 bits first (then the truncation is exact)."""
-    if EMULATE and DTYPE == tl.bfloat16:
+    if EMULATE and tl.bfloat16 == DTYPE:
         bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
         x = bits.to(tl.float32, bitcast=True)
