@@ -1,6 +1,7 @@
 """What a GPU would run, read without one: each kernel launch compiled as it specializes.
 
-A lookup's launchers (``ops.forward``, ``ops.backward``) are run on ``meta`` tensors with
+A lookup's launchers (``ops.forward``, ``ops.backward``; the fused MLP's ``mlp_ops.forward``
+and ``mlp_ops.backward``) are run on ``meta`` tensors with
 ``ops._run`` replaced by a recorder, so the recorded arguments are exactly those a real
 launch passes (pointer alignment, ints divisible by 16, ints equal to 1 folded into
 constants, constexprs, ``num_warps``, ``enable_fp_fusion``). Each launch is then compiled
@@ -78,6 +79,24 @@ def record_launches(
             hx = torch.empty_like(x)
             flags = (True, need_dx, need_dparams, deterministic, coarse)
             ops.double_backward(hx, dy, x, params, table, smooth, *geometry, *flags)
+    return launches
+
+
+def record_mlp_launches(spec, n_rows: int, need_dx: bool = True) -> list[Launch]:
+    """The launches of one forward + backward of the fused MLP ``spec`` (``mlp_ops.MLPSpec``)
+    on ``n_rows`` rows of meta tensors (the input in ``spec.dtype``, as from an encoding)."""
+    from . import mlp_ops
+
+    launches: list[Launch] = []
+    layout = spec.layout
+    x = torch.empty(n_rows, layout.n_input_dims, device="meta", dtype=spec.dtype)
+    params = torch.empty(layout.n_params, device="meta")
+    record = lambda kernel, grid_, args, kwargs: launches.append(
+        Launch(kernel, grid_, args, kwargs)
+    )
+    with mock.patch.object(ops, "_run", record):
+        y, hidden = mlp_ops.forward(x, params, spec, save=True)
+        mlp_ops.backward(torch.empty_like(y), x, params, hidden, spec, need_dx)
     return launches
 
 
