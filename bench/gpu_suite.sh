@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The GPU numbers in one command: the compiled kernel-equivalence tests, the grid benchmark
-# (BRICS and Instant-NGP shapes, memory, roofline), the CUDA peers side by side, the BRICS
-# training step against VQ-f4 (TF32 and bf16, batch 12, 256^2) and a first 200-step training
-# run on CUDA with a resume. About 8 minutes on an H200: each part has its own time limit and
+# The GPU numbers in one command: the compiled kernel-equivalence tests (grid and fused MLP),
+# the grid benchmark (BRICS and Instant-NGP shapes, memory, roofline), the CUDA peers side by
+# side, the fused MLP and NetworkWithInputEncoding at tcnn's sample shape, the BRICS training
+# step against VQ-f4 (TF32 and bf16, batch 12, 256^2) and a first 200-step training run on
+# CUDA with a resume. At most 8 minutes on an H200: each part has its own time limit and
 # writes its files as soon as it has measured them, so a run cut short keeps what it measured.
-# Eight files in all, in one folder, and a summary at the end.
+# Six files in one folder (the device returns at most 8): runs.txt (the tests and the
+# training run), grid.md, peers.md, mlp.md, train_step.md, and json.tar (their JSON).
 #
 #   bash bench/gpu_suite.sh OUT            # on a CUDA machine
 #   bash bench/gpu_suite.sh --smoke OUT    # every part in seconds on the CPU (the tests run it)
@@ -45,6 +47,7 @@ if [ $smoke = 1 ]; then
     grid=(python bench/bench_grid.py --device cpu --shapes small64 --modes forward
           --max-points 256 --out "$out/grid")
     peers=(python bench/peers/bench_peers.py --smoke --device cpu --out "$out")
+    mlp=(python bench/bench_mlp.py --smoke --out "$out/mlp")
     step=(python bench/train_step.py --device cpu --preset tiny-32 --batch-size 2 --rounds 1
           --warmup 0 --no-count --out "$out/train_step")
     run=(--preset tiny-32 --batch-size 4 --gan-start 2 --reg-interval 2 --perceptual none)
@@ -53,20 +56,23 @@ else
     unset TRITON_INTERPRET
     equivalence=(env GRIDCODES_EXAMPLES_SCALE=2 python -m pytest -q -p no:cacheprovider -n 8
                  tests/test_kernels.py tests/test_multires_grid.py tests/test_double_backward.py
-                 tests/test_tcnn.py)
+                 tests/test_tcnn.py tests/test_mlp.py tests/test_tcnn_api.py
+                 tests/test_tcnn_encodings.py)
     grid=(python bench/bench_grid.py --shapes brics ngp --out "$out/grid")
     peers=(python bench/peers/bench_peers.py --out "$out")
+    mlp=(python bench/bench_mlp.py --out "$out/mlp")
     step=(python bench/train_step.py --device cuda --no-count --steps 10 --warmup 3
           --out "$out/train_step")
     run=(--preset small-64 --gan-start 100 --reg-interval 16 --perceptual none)
     steps=(200 220)
 fi
 
-part equivalence 120 "${equivalence[@]}"
-tail -n 40 "$work/equivalence.log" >"$out/equivalence.txt"
-part grid 90 "${grid[@]}"
-part peers 90 "${peers[@]}"
-part train_step 120 "${step[@]}"
+part equivalence 110 "${equivalence[@]}"
+{ echo "# Kernel-equivalence tests ($(date -I))"; tail -n 40 "$work/equivalence.log"; } >"$out/runs.txt"
+part grid 75 "${grid[@]}"
+part peers 70 "${peers[@]}"
+part mlp 50 "${mlp[@]}"
+part train_step 100 "${step[@]}"
 
 # A first real training run through train/ae.py, then a resume from its checkpoint.
 train=(python train/ae.py --output-dir "$work/run" --eval-every "${steps[0]}"
@@ -96,11 +102,12 @@ for events in sorted(Path(sys.argv[1]).rglob("events.out.tfevents.*")):
         for e in log.Scalars("train/loss"):
             print(f"step {e.step}: {e.value:.4f}")
 EOF
-} >"$out/train_run.txt"
+} >>"$out/runs.txt"
+(cd "$out" && tar -cf json.tar -- *.json && rm -f -- *.json)
 
 echo
 echo "== summary ($out)"
 cat "$work/summary.txt"
 grep -h -A 12 "^| provider" "$out/train_step.md" 2>/dev/null | head -n 14
-grep -h "passed\|failed" "$out/equivalence.txt" | tail -n 1
+grep -h "passed\|failed" "$out/runs.txt" | head -n 1
 ls "$out"

@@ -1,6 +1,6 @@
 """Static report of the fused MLP's compiled kernels for sm_80 and sm_90, made without a GPU.
 
-    python bench/mlp_kernel_report.py              # table + bench/results/mlp_kernel_report.{json,md}
+    python bench/mlp_kernel_report.py            # table + bench/results/mlp_kernel_report.*
     python bench/mlp_kernel_report.py --json -     # JSON on stdout (used by the tests)
 
 Every launch of a forward + backward (``gridcodes.compiled.record_mlp_launches``) is

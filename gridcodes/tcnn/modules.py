@@ -244,6 +244,6 @@ class NetworkWithInputEncoding(Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        split = self.network.n_params
-        features = self.encoding(x, self.params[split:])
-        return self.network.run(features, self.params[:split])
+        # One split (its backward is one concatenation, not two zero-filled full-size grads).
+        network, encoding = self.params.split([self.network.n_params, self.encoding.n_params])
+        return self.network.run(self.encoding(x, encoding), network)
