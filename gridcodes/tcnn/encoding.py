@@ -1,22 +1,33 @@
 """tiny-cuda-nn's encoding tree: its encodings, nesting and padding (docs/tcnn.md §2).
 
-``build`` reads an encoding config as tcnn's ``create_encoding`` (src/encoding.cu) does and
-returns a tree of ``Leaf`` and ``Composite`` nodes. Each node knows its real output width,
-its padding and tcnn's rules for changing it (encoding.h ``Encoding::set_alignment``:
-``padded = next_multiple(width, lcm(alignment, required_output_alignment))``):
+``build`` reads an encoding config as tcnn's ``create_encoding`` (src/encoding.cu:132) does
+and returns a tree of ``Leaf`` and ``Composite`` nodes. Each node knows its real output
+width, its padding and tcnn's rule for changing it, ``set_alignment``: ``padded =
+next_multiple(width, lcm(alignment, required_output_alignment))`` (include/tiny-cuda-nn/
+encoding.h:70-71; a grid requires n_features_per_level, the others 1). Line numbers are of
+NVlabs/tiny-cuda-nn at 6ee3546, files under include/tiny-cuda-nn/ unless src/.
 
-- where tcnn pads: a network in front asks for a multiple of 16
-  (network_with_input_encoding.h: the encoding is created with alignment 8, then
-  ``set_alignment(minimum_alignment(network))`` = 16); a Composite pads each nested
-  encoding but the last so that the next one starts at a multiple of its required
-  alignment (composite.h, the constructor's "Fix alignment" loop), and a padding request
-  to a Composite goes to its last nested encoding (``set_padded_output_width``);
-  an encoding alone (``tcnn.Encoding``, created with alignment 0) is not padded;
-- with what: grids pad with 0 (grid.h ``forward_impl``), every other encoding with 1
-  (``data_out(j, i) = 1`` in frequency.h, identity.h, oneblob.h, triangle_wave.h,
-  spherical_harmonics.h, empty.h);
-- where in the row: after the features, except SphericalHarmonics, whose ``kernel_sh``
-  writes the padding first and the harmonics after it (spherical_harmonics.h).
+Where tcnn pads:
+
+- an encoding alone (``tcnn.Encoding``) is created with alignment 0: not padded
+  (src/cpp_api.cu:167);
+- in front of a network, the encoding is created with the default alignment 8
+  (encoding.h:76, network_with_input_encoding.h:56), then ``set_alignment`` with the
+  network's minimum alignment (network_with_input_encoding.h:47; src/network.cu:79), 16 for
+  both MLPs (networks/fully_fused_mlp.h:111, networks/cutlass_mlp.h:122); ``tcnn.Network`` is
+  the same with an Identity encoding (src/cpp_api.cu:161);
+- in a Composite, each nested encoding is created with alignment 1 (encodings/
+  composite.h:181); then every one but the last is padded so that the next starts at a
+  multiple of the next one's required alignment (composite.h:188-198); a later request to
+  pad the Composite goes to its last nested encoding (composite.h:382-386).
+
+With what, and where in the row:
+
+- grids pad with 0 (encodings/grid.h:757-766), every other encoding with 1
+  (frequency.h:65, identity.h:63, oneblob.h:209 and 227, triangle_wave.h:65,
+  spherical_harmonics.h:60, empty.h:82 and 86);
+- after the features, except SphericalHarmonics, whose ``kernel_sh`` writes the padding
+  first and the harmonics after it (spherical_harmonics.h:58-63).
 
 Nodes take the flat parameter vector's slice of their own (Composite: nested encodings in
 order) and compute in float32 (a grid in its table's dtype).
