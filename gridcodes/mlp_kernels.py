@@ -211,6 +211,7 @@ def mlp_forward_kernel(
     SAVE: tl.constexpr,
     DTYPE: tl.constexpr,  # tl.float16 or tl.bfloat16: the operands of every dot
     EMULATE: tl.constexpr,  # running in Triton's interpreter (_dot, _cast)
+    STATIC_DEPTH: tl.constexpr,  # n_hidden in the interpreter, else 0 (the loop bound)
     BLOCK_M: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -223,7 +224,10 @@ def mlp_forward_kernel(
     if SAVE:
         tl.store(h_ptr + rows[:, None] * n_hidden * WIDTH + cols[None, :], h, mask=live[:, None])
     # The hidden matrices are alike: a loop (not unrolled), so one matrix is live at a time.
-    for layer in range(1, n_hidden):
+    # Its bound is the runtime n_hidden; the interpreter's is the constexpr STATIC_DEPTH
+    # (Triton 3.6's interpreter cannot take a runtime int as a range bound under numpy 2.4,
+    # nor keep an assigned constexpr one: hence the inline conditional).
+    for layer in range(1, STATIC_DEPTH if STATIC_DEPTH > 0 else n_hidden):
         offset = _hidden_offset(layer, IN_PAD, WIDTH)
         w_hidden = _matrix(w_ptr, offset, WIDTH, WIDTH, WIDTH, WIDTH, DTYPE, EMULATE)
         h = _cast(_activation(_dot(h, tl.trans(w_hidden), EMULATE), ACT), DTYPE, EMULATE)
@@ -267,6 +271,7 @@ def mlp_backward_kernel(
     LOSS_SCALE: tl.constexpr,
     DTYPE: tl.constexpr,
     EMULATE: tl.constexpr,  # running in Triton's interpreter (_dot, _cast)
+    STATIC_DEPTH: tl.constexpr,  # n_hidden in the interpreter, else 0 (the loop bound)
     BLOCK_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -292,7 +297,7 @@ def mlp_backward_kernel(
     _add_gradient(dw_ptr, offset, dw_out, OUT_PAD, WIDTH, OUT_BLOCK, WIDTH, ATOMIC)
     dh = _dot(dz_out, w_out, EMULATE)
     # Hidden layers, last to first: layer l maps h_{l-1} to h_l with W_l (WIDTH, WIDTH).
-    for step in range(n_hidden - 1):
+    for step in range((STATIC_DEPTH if STATIC_DEPTH > 0 else n_hidden) - 1):  # as forward
         layer = n_hidden - 1 - step
         dz = _cast(dh * _derivative_from_output(h.to(tl.float32), ACT), DTYPE, EMULATE)
         h = _hidden(h_ptr, layer - 1, rows, live, n_hidden, WIDTH)

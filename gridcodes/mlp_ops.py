@@ -85,6 +85,7 @@ def _constants(spec: MLPSpec) -> dict:
         "OUT_ACT": ACTIVATIONS.index(spec.output_activation),
         "DTYPE": tl.float16 if spec.dtype == torch.float16 else tl.bfloat16,
         "EMULATE": ops.INTERPRET,
+        "STATIC_DEPTH": layout.n_hidden_layers if ops.INTERPRET else 0,
     }
 
 

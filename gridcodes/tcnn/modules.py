@@ -151,7 +151,24 @@ class Encoding(Module):
         return self.encoding(x, self.params).to(self.dtype)
 
 
-class Network(Module):
+class _Networks(Module):
+    """What Network and NetworkWithInputEncoding share: the ``FusedMLP`` of a network
+    config, whose weights live in the owner's flat ``params``."""
+
+    def _network(self, n_in: int, n_out: int, config: Mapping, seed: int, **options):
+        """The FusedMLP and its initial weights (taken out of it: one flat vector per module,
+        as tcnn's state dicts have)."""
+        self.network = FusedMLP(n_in, n_out, **network_arguments(config), seed=seed, **options)
+        initial = self.network.params.data
+        self.network.params = None
+        return initial
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.network.compute_dtype(self.params.device)
+
+
+class Network(_Networks):
     """tcnn's ``Network(n_input_dims, n_output_dims, network_config, seed=1337)``:
     FullyFusedMLP or CutlassMLP on gridcodes' ``FusedMLP``.
 
@@ -175,28 +192,16 @@ class Network(Module):
         self.n_input_dims = n_input_dims
         self.n_output_dims = n_output_dims
         self.network_config = network_config
-        self.network = FusedMLP(
-            n_input_dims,
-            n_output_dims,
-            **network_arguments(network_config),
-            dtype=dtype,
-            backend=backend,
-            deterministic=deterministic,
-            seed=seed,
-        )
-        self.params = self.network.params
-        self.network.params = None  # one flat vector, this module's (tcnn's state dict)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.network.compute_dtype(self.params.device)
+        options = {"dtype": dtype, "backend": backend, "deterministic": deterministic}
+        initial = self._network(n_input_dims, n_output_dims, network_config, seed, **options)
+        self.params = nn.Parameter(initial)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         return self.network.run(x, self.params)
 
 
-class NetworkWithInputEncoding(Module):
+class NetworkWithInputEncoding(_Networks):
     """tcnn's ``NetworkWithInputEncoding(n_input_dims, n_output_dims, encoding_config,
     network_config, seed=1337)``: the encoding, padded to a multiple of 16 as tcnn pads it,
     then the network. ``params`` holds the network's weights first, then the encoding's."""
@@ -220,23 +225,10 @@ class NetworkWithInputEncoding(Module):
         options = {"backend": backend, "deterministic": deterministic}
         self.encoding: Node = build(n_input_dims, encoding_config, 8, options)
         self.encoding.set_alignment(16)  # minimum_alignment of both tcnn MLPs
-        self.network = FusedMLP(
-            self.encoding.output_width(),
-            n_output_dims,
-            **network_arguments(network_config),
-            dtype=dtype,
-            backend=backend,
-            deterministic=deterministic,
-            seed=seed,
-        )
-        generator = torch.Generator().manual_seed(seed + 1)
-        initial = torch.cat([self.network.params.data, self.encoding.initial_params(generator)])
-        self.network.params = None
-        self.params = nn.Parameter(initial)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.network.compute_dtype(self.params.device)
+        width = self.encoding.output_width()
+        network = self._network(width, n_output_dims, network_config, seed, dtype=dtype, **options)
+        encoding = self.encoding.initial_params(torch.Generator().manual_seed(seed + 1))
+        self.params = nn.Parameter(torch.cat([network, encoding]))
 
     @property
     def n_network_params(self) -> int:
