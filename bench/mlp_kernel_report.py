@@ -5,9 +5,9 @@
 
 Every launch of a forward + backward (``gridcodes.compiled.record_mlp_launches``) is
 compiled as a real launch specializes it, for each width (16..128), dtype (float16; and
-bfloat16 at widths 64 and 128), depth and target, and its SASS read: registers, stack and local memory (spills),
-tensor-core instructions (HMMA on sm_80; HGMMA, Hopper's warpgroup MMA, on sm_90),
-reductions (the weight gradients' atomics) and fences.
+bfloat16 at widths 64 and 128), depth and target, and its SASS read: registers, stack and
+local memory (spills), tensor-core instructions (HMMA on sm_80; HGMMA, Hopper's warpgroup
+MMA, on sm_90), reductions (the weight gradients' atomics) and fences.
 """
 
 from __future__ import annotations
