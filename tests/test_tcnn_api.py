@@ -197,8 +197,8 @@ def test_a_nerfstudio_style_client_trains_and_loads_a_tcnn_state_dict(backend):
     modules = torch.nn.ModuleList([base, direction, head]).to(DEVICE)
     optimizer = torch.optim.Adam(modules.parameters(), lr=1e-2)
     generator = torch.Generator().manual_seed(0)
-    points = torch.rand(256, 3, generator=generator).to(DEVICE)
-    dirs = torch.rand(256, 3, generator=generator).to(DEVICE)
+    points = torch.rand(128, 3, generator=generator).to(DEVICE)
+    dirs = torch.rand(128, 3, generator=generator).to(DEVICE)
     target = torch.sin(6 * points).abs().to(DEVICE)
 
     def loss_fn():
@@ -208,7 +208,7 @@ def test_a_nerfstudio_style_client_trains_and_loads_a_tcnn_state_dict(backend):
         return (rgb.float() - target).square().mean() + 0 * density.float().sum()
 
     losses = []
-    for _ in range(30):
+    for _ in range(15):
         loss = loss_fn()
         optimizer.zero_grad()
         loss.backward()
