@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
 
 from . import mlp_ops, ops
-from .mlp_reference import ACTIVATIONS, MLPLayout, activation_name, mlp_reference
+from .mlp_reference import ACTIVATIONS, MLPLayout, activation_name
 
 BACKENDS = ("auto", "triton", "cpu", "torch")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -32,9 +34,10 @@ class FusedMLP(nn.Module):
             float32 accumulation) or float32. None: float16 on CUDA and on the Triton
             backend, float32 on the CPU.
         backend: ``"triton"`` (the fused kernels; CUDA, or the CPU under
-            ``TRITON_INTERPRET=1``), ``"cpu"`` or ``"torch"`` (``torch`` matmuls, in float32;
-            ``"torch"`` is the reference, in ``params``' dtype) or ``"auto"``: Triton for
-            CUDA tensors when the network fits the fused kernels, else matmuls.
+            ``TRITON_INTERPRET=1``), ``"cpu"`` or ``"torch"`` (the reference's ``torch``
+            matmuls, in float32, float64 for float64 params: one path, two names as for
+            ``MultiResGrid``) or ``"auto"``: Triton for CUDA tensors when the network fits
+            the fused kernels, else matmuls.
         deterministic: bitwise-reproducible weight gradients on the Triton backend (per-block
             partial sums instead of atomics; also on under
             ``torch.use_deterministic_algorithms(True)``).
@@ -110,14 +113,14 @@ class FusedMLP(nn.Module):
             self.layout, self.activation, self.output_activation, 1.0, dtype, deterministic
         )
 
-    def resolved_backend(self, device: torch.device | None = None) -> str:
+    def resolved_backend(self, device=None, spec: mlp_ops.MLPSpec | None = None) -> str:
         """The backend a call on ``device`` (default: the params' device) uses."""
         if device is None:
             device = self.params.device if self.params is not None else "cpu"
         device = torch.device(device)
         if self.backend != "auto":
             return self.backend
-        spec = self.spec(self.compute_dtype(device))
+        spec = spec or self.spec(self.compute_dtype(device))
         if device.type == "cuda" and mlp_ops.fused_unsupported(spec) is None:
             return "triton"
         return "cpu" if device.type == "cpu" else "torch"
@@ -130,27 +133,18 @@ class FusedMLP(nn.Module):
         """:meth:`forward` with another flat weight vector ``params`` (n_params,)."""
         self._check(x, params)
         spec = self.spec(self.compute_dtype(x.device))
-        backend = self.resolved_backend(x.device)
+        backend = self.resolved_backend(x.device, spec)
+        if backend == "triton" and x.device.type != "cuda" and not ops.INTERPRET:
+            raise ValueError(
+                f"backend='triton' got tensors on {x.device}: the kernels need CUDA, or "
+                "TRITON_INTERPRET=1 set before gridcodes is imported"
+            )
+        # Fused or not, the network chooses its precision itself (``dtype``), not autocast.
         device = x.device.type
-        if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
-            with torch.autocast(device, enabled=False):
-                return self._run(x, params, spec, backend)
-        return self._run(x, params, spec, backend)
-
-    def _run(self, x, params, spec: mlp_ops.MLPSpec, backend: str) -> torch.Tensor:
-        if backend == "triton":
-            if x.device.type != "cuda" and not ops.INTERPRET:
-                raise ValueError(
-                    f"backend='triton' got tensors on {x.device}: the kernels need CUDA, or "
-                    "TRITON_INTERPRET=1 set before gridcodes is imported"
-                )
-            if reason := mlp_ops.fused_unsupported(spec):
-                raise ValueError(f"backend='triton' cannot run this MLP: {reason}")
-            return mlp_ops.fused_mlp(x, params, spec)
-        if backend == "torch":
-            args = (self.layout, self.activation, self.output_activation)
-            return mlp_reference(x.to(params.dtype), params, *args).to(spec.dtype)
-        return mlp_ops.mlp_torch(x, params, spec)
+        with torch.autocast(device, enabled=False) if device in ("cpu", "cuda") else nullcontext():
+            if backend == "triton":  # supported: checked at construction or by "auto"
+                return mlp_ops.fused_mlp(x, params, spec)
+            return mlp_ops.mlp_torch(x, params, spec)
 
     def _check(self, x: torch.Tensor, params: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():

@@ -68,3 +68,17 @@ def run_script(script: str, *args, env: dict | None = None, check: bool = True, 
             f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
     return result
+
+
+def compiled_report(script: str) -> dict:
+    """The JSON of ``bench/<script> --json -``, which compiles kernels for NVIDIA targets: run
+    without TRITON_INTERPRET (it needs real ``triton.jit`` kernels; no GPU)."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    command = [sys.executable, str(ROOT / "bench" / script), "--json", "-"]
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(result.stdout)

@@ -8,17 +8,11 @@ code: vector gathers, relaxed reductions without fences, no spills, no contracti
 cell fraction, registers within budget.
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("triton.backends.nvidia")
 
-ROOT = Path(__file__).parents[1]
+from tests.helpers import compiled_report
 
 # Registers per kernel and variant as compiled on 2026-11-25 (triton 3.8.0, sm_90), rounded
 # up to a multiple of 8: more is a regression to look at (occupancy), not noise.
@@ -43,17 +37,7 @@ SCATTERS = ("grid_backward_kernel", "grid_double_backward_kernel")
 
 @pytest.fixture(scope="module")
 def report() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = ROOT / "bench" / "kernel_report.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--json", "-"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return json.loads(result.stdout)
+    return compiled_report("kernel_report.py")
 
 
 def rows(report, kernel=None, **match):

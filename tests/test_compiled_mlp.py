@@ -3,11 +3,6 @@ every launch of a forward + backward compiled for sm_80 and sm_90 uses tensor co
 spills, and scatters weight gradients with relaxed reductions; and a forward + backward is
 a fixed, small number of launches whatever the depth."""
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -16,24 +11,13 @@ import torch
 from gridcodes import ops
 from gridcodes.mlp_ops import MLPSpec, backward, forward
 from gridcodes.mlp_reference import MLPLayout
-
-ROOT = Path(__file__).parents[1]
+from tests.helpers import compiled_report
 
 
 @pytest.fixture(scope="module")
 def report() -> dict:
     pytest.importorskip("triton.backends.nvidia")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    script = ROOT / "bench" / "mlp_kernel_report.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--json", "-"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return json.loads(result.stdout)
+    return compiled_report("mlp_kernel_report.py")
 
 
 def where(r) -> str:
