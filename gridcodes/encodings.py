@@ -19,17 +19,12 @@ from functools import cache
 import torch
 from torch import nn
 
+from .reference import fused_position  # x * scale + shift rounded once, as an FMA
+
 # tcnn's PI() (common.h) and PI() / 2: pi rounded to float32, as float64 values.
 PI = float(torch.tensor(math.pi, dtype=torch.float32))
 HALF_PI = PI / 2
 MAX_SH_DEGREE = 8
-
-
-def fused_multiply_add(x: torch.Tensor, scale, shift) -> torch.Tensor:
-    """``x * scale + shift`` for float32 ``x`` rounded once to float32, as the fused
-    multiply-add that nvcc contracts tcnn's ``x * scale + shift`` into (float64 holds the
-    product of two float32 values exactly)."""
-    return (x.double() * scale + shift).float()
 
 
 class Frequency(nn.Module):
@@ -47,7 +42,7 @@ class Frequency(nn.Module):
         scales = 2.0 ** torch.arange(self.n_frequencies, device=x.device, dtype=torch.float32)
         scaled = x.float()[:, :, None, None] * scales[:, None]  # scalbnf: exact
         shift = torch.tensor([0.0, HALF_PI], device=x.device, dtype=torch.float64)
-        phase = fused_multiply_add(scaled, PI, shift)  # (N, D, F, 2): sin, then cos
+        phase = fused_position(scaled, PI, shift)  # (N, D, F, 2): sin, then cos
         return torch.sin(phase).reshape(x.shape[0], self.n_output_dims)
 
     def extra_repr(self) -> str:
@@ -124,7 +119,7 @@ class Identity(nn.Module):
         self.n_output_dims = n_dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fused_multiply_add(x.float(), self.scale, self.offset)
+        return fused_position(x.float(), self.scale, self.offset)
 
     def extra_repr(self) -> str:
         return f"n_dims={self.n_dims}, scale={self.scale}, offset={self.offset}"

@@ -87,10 +87,10 @@ class Leaf(Node):
     """One encoding: ``module`` maps (N, n_input_dims) to (N, n_features); ``pad`` columns of
     ``pad_value`` follow (or, ``pad_front``, precede) them."""
 
-    def __init__(self, module: nn.Module, n_features: int, pad_value: float, pad_front=False):
+    def __init__(self, module: nn.Module, n_dims: int, n_features: int, pad_value, pad_front=False):
         super().__init__()
         self.module = module
-        self.n_input_dims = module.n_dims if hasattr(module, "n_dims") else module.config.in_dim
+        self.n_input_dims = n_dims
         self.n_features = n_features
         self.pad, self.pad_value = 0, pad_value
         self.pad_front = pad_front
@@ -219,14 +219,14 @@ def leaf(n_dims: int, otype: str, config: Mapping, grid_options: dict) -> Leaf:
     if otype in GRID_OTYPES:
         grid = MultiResGrid(**grid_arguments(n_dims, config), **grid_options)
         grid.params = None  # the table is a slice of the owner's flat vector
-        return Leaf(grid, grid.out_features, 0.0)
+        return Leaf(grid, n_dims, grid.out_features, 0.0)
     if otype == "Frequency":
         module = encodings.Frequency(n_dims, get_int(config, "n_frequencies", 12))
     elif otype == "OneBlob":
         module = encodings.OneBlob(n_dims, get_int(config, "n_bins", 16))
     elif otype == "SphericalHarmonics":
         module = encodings.SphericalHarmonics(n_dims, get_int(config, "degree", 4))
-        return Leaf(module, module.n_output_dims, 1.0, pad_front=True)
+        return Leaf(module, n_dims, module.n_output_dims, 1.0, pad_front=True)
     elif otype == "TriangleWave":
         module = encodings.TriangleWave(n_dims, get_int(config, "n_frequencies", 12))
     elif otype == "Identity":
@@ -234,7 +234,7 @@ def leaf(n_dims: int, otype: str, config: Mapping, grid_options: dict) -> Leaf:
         module = encodings.Identity(n_dims, scale, offset)
     else:
         module = encodings.Empty(n_dims)
-    return Leaf(module, module.n_output_dims, 1.0)
+    return Leaf(module, n_dims, module.n_output_dims, 1.0)
 
 
 def composite(n_dims: int, config: Mapping, grid_options: dict) -> Composite:
