@@ -9,8 +9,9 @@ for a target (sm_90 by default) through Triton's own launch-time specialization,
 SASS and resource usage are read with the ``cuobjdump`` shipped inside the Triton wheel.
 
 Needs a real ``triton.jit`` (``TRITON_INTERPRET`` unset) and Triton's NVIDIA backend; no
-GPU. Uses two internals of ``triton.runtime.jit`` (the launch binder and ``_pack_args``),
-checked on import of this module's functions with a clear error if they moved.
+GPU. Uses internals of ``triton.runtime.jit`` (the launch binder, and ``_pack_args`` from
+Triton 3.5; ``_pack`` below does its work on 3.3 and 3.4), checked with a clear error if
+they moved.
 """
 
 from __future__ import annotations
@@ -110,17 +111,38 @@ def compile_launch(launch: Launch, capability: int = 90):
     kernel = launch.kernel
     if not isinstance(kernel, jit.JITFunction):
         raise RuntimeError("compile_launch needs real triton.jit kernels: unset TRITON_INTERPRET")
-    if not hasattr(jit, "create_function_from_signature") or not hasattr(kernel, "_pack_args"):
+    if not hasattr(jit, "create_function_from_signature"):
         raise RuntimeError(f"triton {triton.__version__}: the launch binder moved (compiled.py)")
     target = GPUTarget("cuda", capability, 32)
     backend = make_backend(target)
     binder = jit.create_function_from_signature(kernel.signature, kernel.params, backend)
     bound, specialization, options = binder(*launch.args, **launch.kwargs)
-    options, signature, constexprs, attrs = kernel._pack_args(
-        backend, launch.kwargs, bound, specialization, options
-    )
+    if hasattr(kernel, "_pack_args"):  # triton >= 3.5
+        options, signature, constexprs, attrs = kernel._pack_args(
+            backend, launch.kwargs, bound, specialization, options
+        )
+    else:  # triton 3.3 and 3.4 do the same inside JITFunction.run
+        options, signature, constexprs, attrs = _pack(
+            kernel, backend, launch.kwargs, bound, specialization
+        )
     source = ASTSource(kernel, signature, constexprs, attrs)
     return triton.compile(source, target=target, options=options.__dict__)
+
+
+def _pack(kernel, backend, kwargs: dict, bound: dict, specialization: list):
+    """Options, signature, constexprs and attributes of a bound launch, as ``run`` derives them
+    in triton 3.3 and 3.4 (3.5 moved this into ``JITFunction._pack_args``)."""
+    from triton._utils import find_paths_if, get_iterable_path
+
+    types = [kind for kind, _ in specialization]
+    signature = dict(zip([p.name for p in kernel.params], types))
+    constexprs = find_paths_if(types, lambda _, kind: kind == "constexpr")
+    values = list(bound.values())
+    constexprs = {path: get_iterable_path(values, path) for path in constexprs}
+    attributes = [attr for _, attr in specialization]
+    attrs = find_paths_if(attributes, lambda _, attr: isinstance(attr, str))
+    attrs = {path: backend.parse_attr(get_iterable_path(attributes, path)) for path in attrs}
+    return backend.parse_options(kwargs), signature, constexprs, attrs
 
 
 def _cuobjdump(*args: str, cubin: bytes) -> str:

@@ -16,6 +16,10 @@ import triton.language as tl
 
 from . import levels
 
+# Level loops run to the runtime L when compiled. In Triton's interpreter they run to the
+# constexpr STATIC_L instead: the interpreter of Triton 3.6 and older cannot take a runtime
+# int as a range bound with numpy 2.4 (and the inline conditional, not an assigned bound,
+# keeps it a constant there).
 # Columns of a level-table row (gridcodes.levels.level_table).
 _OFFSET = tl.constexpr(levels.META_OFFSET)
 _USE_HASH = tl.constexpr(levels.META_USE_HASH)
@@ -193,15 +197,14 @@ def grid_forward_kernel(
     REDUCE: tl.constexpr,  # how indices are brought below the level size (see _corner)
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
     BLOCK: tl.constexpr,  # points per program
-    LEVELS: tl.constexpr,  # levels per program
 ):
     """y[n, g, l*F + j] = sum_c w(c) params[g, offset_l + index(c), j] (docs/grids.md §2 step 5).
 
-    Launch grid (point blocks, cdiv(L, LEVELS), G). A program loads its points once and
-    looks them up in LEVELS consecutive levels, writing LEVELS * F contiguous features
-    per point; programs of one level block run together, so their tables share the cache.
+    Launch grid (point blocks, L, G): a program looks its points up in one level; programs
+    of one level run together, so they share that level's table in the cache. (Levels per
+    program 4 and 16 were slower on an H100, bench/results/gpu_notes.md.)
     """
-    first = tl.program_id(1) * LEVELS
+    level = tl.program_id(1)
     g = tl.program_id(2)
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = n < N
@@ -209,18 +212,15 @@ def grid_forward_kernel(
     xs = _sanitize(_load_coords(x_ptr, n * G + g, live, D, COMPUTE))
     table = params_ptr + g.to(tl.int64) * E * F
     out = y_ptr + (n[:, None] * G + g) * (L * F) + j[None, :]
-    for level in range(first, tl.minimum(first + LEVELS, L)):
-        scale, shift, offset, use_hash, mask, size, strides = _level(meta_ptr, level, D, COMPUTE)
-        origin, upper, lower, _, _ = _fractions(xs, scale, shift, SMOOTH, FUSED)
-        lo_term, hi_term = _index_terms(origin, strides)
-        acc = tl.zeros((BLOCK, F), COMPUTE)
-        for c in tl.static_range(2**D):
-            _, w, row = _corner(
-                c, upper, lower, lo_term, hi_term, offset, use_hash, mask, size, REDUCE
-            )
-            v = tl.load(table + row[:, None] * F + j[None, :], mask=live[:, None], other=0.0)
-            acc += w[:, None] * v.to(COMPUTE)
-        tl.store(out + level * F, acc, mask=live[:, None])
+    scale, shift, offset, use_hash, mask, size, strides = _level(meta_ptr, level, D, COMPUTE)
+    origin, upper, lower, _, _ = _fractions(xs, scale, shift, SMOOTH, FUSED)
+    lo_term, hi_term = _index_terms(origin, strides)
+    acc = tl.zeros((BLOCK, F), COMPUTE)
+    for c in tl.static_range(2**D):
+        _, w, row = _corner(c, upper, lower, lo_term, hi_term, offset, use_hash, mask, size, REDUCE)
+        v = tl.load(table + row[:, None] * F + j[None, :], mask=live[:, None], other=0.0)
+        acc += w[:, None] * v.to(COMPUTE)
+    tl.store(out + level * F, acc, mask=live[:, None])
 
 
 # Backward (docs/grids.md §2 step 6). With g_l = dL/dy[n, g, l*F:(l+1)*F] and P_c the entry of
@@ -257,6 +257,7 @@ def grid_backward_kernel(
     INPUT_GRAD: tl.constexpr,  # compute dL/dx
     REPLICAS: tl.constexpr,  # copies of the coarse rows' accumulator (1: none)
     BLOCK: tl.constexpr,  # points per program
+    STATIC_L: tl.constexpr,  # L in the interpreter, else 0 (the level loop's bound)
 ):
     g = tl.program_id(1)
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -273,7 +274,7 @@ def grid_backward_kernel(
     # Program p adds those rows into copy p % REPLICAS instead; the launcher sums the copies.
     replica = (tl.program_id(0) % REPLICAS).to(tl.int64) * G + g
     grad_coarse = replicas_ptr + replica * COARSE * F
-    for level in range(L):
+    for level in range(STATIC_L if STATIC_L > 0 else L):  # see STATIC_L
         scale, shift, offset, use_hash, mask, size, strides = _level(meta_ptr, level, D, COMPUTE)
         origin, upper, lower, slope, _ = _fractions(xs, scale, shift, SMOOTH, FUSED)
         lo_term, hi_term = _index_terms(origin, strides)
@@ -374,6 +375,7 @@ def grid_double_backward_kernel(
     INPUT_GRAD: tl.constexpr,  # compute d/dx
     REPLICAS: tl.constexpr,  # copies of the coarse rows' accumulator (1: none)
     BLOCK: tl.constexpr,  # points per program
+    STATIC_L: tl.constexpr,  # L in the interpreter, else 0 (the level loop's bound)
 ):
     g = tl.program_id(1)
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -390,7 +392,7 @@ def grid_double_backward_kernel(
     grad_table = dparams_ptr + g.to(tl.int64) * E * F
     replica = (tl.program_id(0) % REPLICAS).to(tl.int64) * G + g
     grad_coarse = replicas_ptr + replica * COARSE * F
-    for level in range(L):
+    for level in range(STATIC_L if STATIC_L > 0 else L):  # see STATIC_L
         scale, shift, offset, use_hash, mask, size, strides = _level(meta_ptr, level, D, COMPUTE)
         origin, upper, lower, slope, curve = _fractions(xs, scale, shift, SMOOTH, FUSED)
         lo_term, hi_term = _index_terms(origin, strides)
@@ -487,6 +489,7 @@ def grid_contribution_rows_kernel(
     REDUCE: tl.constexpr,  # how indices are brought below the level size (see _corner)
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
     BLOCK: tl.constexpr,  # points per program
+    STATIC_L: tl.constexpr,  # L in the interpreter, else 0 (the level loop's bound)
 ):
     """rows[(l * 2**D + c) * N * G + n * G + g] = g * E + row of corner c of level l.
 
@@ -498,7 +501,7 @@ def grid_contribution_rows_kernel(
     point_group = n * G + g
     xs = _sanitize(_load_coords(x_ptr, point_group, live, D, COMPUTE))
     n_points = tl.cast(N, tl.int64) * G  # tl.cast: N == 1 arrives as a constant, not a tensor
-    for level in range(L):
+    for level in range(STATIC_L if STATIC_L > 0 else L):  # see STATIC_L
         scale, shift, offset, use_hash, mask, size, strides = _level(meta_ptr, level, D, COMPUTE)
         origin, upper, lower, _, _ = _fractions(xs, scale, shift, False, FUSED)
         lo_term, hi_term = _index_terms(origin, strides)
@@ -511,20 +514,20 @@ def grid_contribution_rows_kernel(
 
 
 @triton.jit
-def _segmented_scan(value, start, CHUNK: tl.constexpr):
+def _segmented_scan(value, start, CHUNK: tl.constexpr, STEPS: tl.constexpr):
     """Inclusive segmented sum along axis 0 of ``value`` (CHUNK, F); ``start`` marks segment starts.
 
-    Hillis-Steele: log2(CHUNK) steps, each combining element i with element i - 2**s.
+    Hillis-Steele: STEPS = log2(CHUNK) steps, each combining element i with element i - 2**s.
     The tree is written out here, so its order depends on CHUNK alone (not on warps,
     layout or the interpreter).
     """
     i = tl.arange(0, CHUNK)[:, None] + tl.zeros_like(value).to(tl.int32)
     begun = start
-    for s in tl.static_range(CHUNK.bit_length() - 1):
+    for s in tl.static_range(STEPS):
         source = tl.maximum(i - (1 << s), 0)
         earlier = tl.gather(value, source, 0)
         earlier_begun = tl.gather(begun, source, 0)
-        add = (i >= (1 << s)) & ~begun
+        add = (i >= (1 << s)) & (begun == 0)
         value = tl.where(add, value + earlier, value)
         begun = begun | ((i >= (1 << s)) & earlier_begun)
     return value
@@ -552,6 +555,7 @@ def grid_chunk_sum_kernel(
     FUSED: tl.constexpr,  # tcnn / torch-ngp position x * scale + shift (see _position)
     COMPUTE: tl.constexpr,  # tl.float32, or tl.float64 for a float64 table
     CHUNK: tl.constexpr,  # contributions per program; fixes the summation order
+    STEPS: tl.constexpr,  # log2(CHUNK), the scan's steps
     DIRECTIONAL: tl.constexpr,  # weights v_c of the double backward instead of w_c
 ):
     """Segmented sums of w * dy (or v * dy) over one chunk of the sorted contributions."""
@@ -592,18 +596,18 @@ def grid_chunk_sum_kernel(
     dy_ptrs = dy_ptr + point_group[:, None] * (L * F) + level[:, None] * F + j[None, :]
     value = w[:, None] * tl.load(dy_ptrs, mask=live[:, None], other=0.0).to(COMPUTE)
     start_2d = tl.broadcast_to(starts[:, None], (CHUNK, F))
-    sums = _segmented_scan(value, start_2d, CHUNK)
+    sums = _segmented_scan(value, start_2d, CHUNK, STEPS)
     # begun[i]: the row at i started inside this chunk (at or before i).
     begun = tl.cumsum(starts.to(tl.int32), 0) > 0
     last = (tl.arange(0, CHUNK) == CHUNK - 1) | (pos == M - 1)
     whole = live & ends & begun  # the row lies in this chunk: its sum is final
     tl.store(dparams_ptr + row[:, None] * F + j[None, :], sums, mask=whole[:, None])
-    head = live & ~begun & (ends | last)
+    head = live & (begun == 0) & (ends | last)
     tl.store(head_ptr + chunk * F + j[None, :] + 0 * pos[:, None], sums, mask=head[:, None])
-    tail = live & last & begun & ~ends
+    tail = live & last & begun & (ends == 0)
     tl.store(tail_ptr + chunk * F + j[None, :] + 0 * pos[:, None], sums, mask=tail[:, None])
     tl.store(tail_row_ptr + chunk + 0 * pos, row, mask=tail)
-    runs_on = live & last & ~begun & ~ends
+    runs_on = live & last & (begun == 0) & (ends == 0)
     flags = tl.max(runs_on.to(tl.int32), 0) | (tl.max(tail.to(tl.int32), 0) << 1)
     tl.store(flags_ptr + chunk, flags)
 

@@ -51,8 +51,8 @@ class MLPSpec:
 def fused_unsupported(spec: MLPSpec) -> str | None:
     """Why the fused kernels cannot run ``spec``, or None when they can."""
     layout = spec.layout
-    if triton is None:
-        return "triton is not installed"
+    if reason := ops.triton_missing():
+        return reason
     if layout.width not in FUSED_WIDTHS:
         return f"width {layout.width} (the fused kernels take {FUSED_WIDTHS})"
     if layout.n_hidden_layers < 1:

@@ -26,8 +26,8 @@ FILE_FORMAT = "gridcodes.MultiResGrid/1"
 
 def triton_unsupported(config: GridConfig) -> str | None:
     """Why the Triton backend cannot run ``config``, or None when it can."""
-    if not ops.TRITON_AVAILABLE:
-        return "triton is not installed"
+    if reason := ops.triton_missing():
+        return reason
     if config.in_dim > TRITON_MAX_IN_DIM:
         return f"in_dim={config.in_dim} (the Triton kernels support 1..{TRITON_MAX_IN_DIM})"
     if config.n_features not in TRITON_FEATURES:

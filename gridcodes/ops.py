@@ -27,6 +27,22 @@ except ImportError:  # pragma: no cover - triton is a Linux-only dependency
     triton = None
 
 TRITON_AVAILABLE = triton is not None
+# The oldest Triton that compiles every kernel (docs/grids.md §6): 3.3 is torch 2.7's. Older
+# ones reject the per-dimension tuples and tl.gather of kernels.py.
+TRITON_FLOOR = (3, 3)
+
+
+def triton_missing() -> str | None:
+    """Why the Triton kernels cannot run in this environment, or None when they can."""
+    if triton is None:
+        return "triton is not installed"
+    version = tuple(int(part) for part in triton.__version__.split(".")[:2])
+    if version < TRITON_FLOOR:
+        return (
+            f"triton {triton.__version__} is installed and the kernels need triton>=3.3 "
+            "(torch>=2.7); upgrade torch, or use backend='cpu' or 'torch'"
+        )
+    return None
 # Read once: triton.jit picks the interpreter when the kernels module is imported.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Contributions per chunk of the deterministic table gradient. Part of the summation
@@ -37,16 +53,15 @@ CHUNK = 2048 if INTERPRET else 256
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """Tuning knobs of one kernel: points (chunks) per program, warps, levels per program."""
+    """Tuning knobs of one kernel: points (chunks) per program and warps."""
 
     block: int
     num_warps: int = 4
-    levels: int = 1
 
 
 # The interpreter's cost is per operation, not per element, so it runs larger blocks.
 TUNING = {
-    "forward": LaunchConfig(256 if INTERPRET else 128, levels=1),
+    "forward": LaunchConfig(256 if INTERPRET else 128),
     "backward": LaunchConfig(256 if INTERPRET else 128),
     "double_backward": LaunchConfig(256 if INTERPRET else 128),
     "rows": LaunchConfig(256 if INTERPRET else 128),
@@ -113,7 +128,7 @@ def forward(x, params, table, smoothstep: bool, fused: bool = False, reduce: int
     if n_points == 0:
         return y
     tune = TUNING["forward"]
-    grid = (triton.cdiv(n_points, tune.block), triton.cdiv(n_levels, tune.levels), n_groups)
+    grid = (triton.cdiv(n_points, tune.block), n_levels, n_groups)
     _launch(
         kernels.grid_forward_kernel,
         grid,
@@ -128,7 +143,6 @@ def forward(x, params, table, smoothstep: bool, fused: bool = False, reduce: int
         F=n_features,
         SMOOTH=smoothstep,
         BLOCK=tune.block,
-        LEVELS=tune.levels,
         num_warps=tune.num_warps,
         **_constants(x, params, fused, reduce),
     )
@@ -188,6 +202,7 @@ def backward(
             BLOCK=tune.block,
             num_warps=tune.num_warps,
             **constants,
+            STATIC_L=n_levels if INTERPRET else 0,
         )
     if n_replicas > 1:
         acc[:, :coarse] += replicas.sum(0)
@@ -221,6 +236,7 @@ def sorted_scatter(dy, x, table, acc, smoothstep, constants, hx=None) -> None:
         BLOCK=tune.block,
         num_warps=tune.num_warps,
         **constants,
+        STATIC_L=n_levels if INTERPRET else 0,
     )
     rows, order = torch.sort(rows, stable=True)
     n_chunks = triton.cdiv(n_contributions, CHUNK)
@@ -248,6 +264,7 @@ def sorted_scatter(dy, x, table, acc, smoothstep, constants, hx=None) -> None:
         F=n_features,
         SMOOTH=smoothstep,
         CHUNK=CHUNK,
+        STEPS=CHUNK.bit_length() - 1,
         DIRECTIONAL=hx is not None,
         **{k: v for k, v in constants.items() if k != "REDUCE"},
     )
@@ -327,6 +344,7 @@ def double_backward(
             BLOCK=tune.block,
             num_warps=tune.num_warps,
             **constants,
+            STATIC_L=n_levels if INTERPRET else 0,
         )
     if n_replicas > 1:
         acc[:, :coarse] += replicas.sum(0)

@@ -245,7 +245,7 @@ def test_deterministic_mode_matches_reference_and_is_bitwise_reproducible(case):
 def test_rows_never_leave_the_table(grid_type):
     """The rows the kernels read and write stay inside params for any coordinate value."""
     from gridcodes import kernels
-    from gridcodes.ops import _constants
+    from gridcodes.ops import INTERPRET, _constants
 
     grid = MultiResGrid(
         3,
@@ -270,6 +270,7 @@ def test_rows_never_leave_the_table(grid_type):
         3,
         grid.params.shape[1],
         n_levels,
+        STATIC_L=n_levels if INTERPRET else 0,
         BLOCK=BLOCK,
         **_constants(x, grid.params, False, 0),
     )
