@@ -43,6 +43,8 @@ def triton_missing() -> str | None:
             "(torch>=2.7); upgrade torch, or use backend='cpu' or 'torch'"
         )
     return None
+
+
 # Read once: triton.jit picks the interpreter when the kernels module is imported.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Contributions per chunk of the deterministic table gradient. Part of the summation
