@@ -101,11 +101,11 @@ def record_mlp_launches(spec, n_rows: int, need_dx: bool = True) -> list[Launch]
     return launches
 
 
-def compile_launch(launch: Launch, capability: int = 90):
-    """Compile ``launch`` for ``sm_<capability>`` exactly as ``kernel[grid](...)`` would."""
+def _bind(launch: Launch, capability: int):
+    """Triton's target, backend and bound launch (arguments, specialization, options)."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
+    from triton.compiler import make_backend
     from triton.runtime import jit
 
     kernel = launch.kernel
@@ -116,7 +116,23 @@ def compile_launch(launch: Launch, capability: int = 90):
     target = GPUTarget("cuda", capability, 32)
     backend = make_backend(target)
     binder = jit.create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound, specialization, options = binder(*launch.args, **launch.kwargs)
+    return target, backend, binder(*launch.args, **launch.kwargs)
+
+
+def launch_key(launch: Launch) -> str:
+    """The kernel and its specialization, as Triton's launch cache keys it: equal keys
+    compile to the same code."""
+    _, _, (_, specialization, options) = _bind(launch, 90)
+    return f"{launch.name} {specialization} {options}"
+
+
+def compile_launch(launch: Launch, capability: int = 90):
+    """Compile ``launch`` for ``sm_<capability>`` exactly as ``kernel[grid](...)`` would."""
+    import triton
+    from triton.compiler import ASTSource
+
+    kernel = launch.kernel
+    target, backend, (bound, specialization, options) = _bind(launch, capability)
     if hasattr(kernel, "_pack_args"):  # triton >= 3.5
         options, signature, constexprs, attrs = kernel._pack_args(
             backend, launch.kwargs, bound, specialization, options

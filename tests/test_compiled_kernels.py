@@ -12,10 +12,15 @@ import pytest
 
 pytest.importorskip("triton.backends.nvidia")
 
+import triton
+
 from tests.helpers import compiled_report
 
 # Registers per kernel and variant as compiled on 2026-11-25 (triton 3.8.0, sm_90), rounded
-# up to a multiple of 8: more is a regression to look at (occupancy), not noise.
+# up to a multiple of 8: more is a regression to look at (occupancy), not noise. They and
+# the no-spill rule hold from Triton 3.7; older Tritons allocate otherwise (docs/grids.md §6:
+# 3.5 and 3.6 spill 8-16 bytes in the float64 backward), and CI checks that they compile.
+BUDGET_TRITON = (3, 7)
 REGISTER_BUDGET = {
     "grid_forward_kernel": 56,
     "grid_backward_kernel": 80,
@@ -28,7 +33,9 @@ REGISTER_BUDGET = {
 # float64 tables double every value register (the double backward reaches the 255 cap
 # without spilling, which test_no_spills_and_registers_within_budget checks).
 REGISTER_BUDGET_FLOAT64 = {
-    "grid_forward_kernel": 88,
+    # 2026-12-07: 96 with one level per forward program (84 with its level loop, when the
+    # float32 forward took 40 registers on sm_90 where it now takes 32).
+    "grid_forward_kernel": 96,
     "grid_backward_kernel": 168,
     "grid_double_backward_kernel": 255,
 }
@@ -130,6 +137,10 @@ def test_tcnn_variants_compile_their_index_reductions(report):
     assert not any(r["fused"] or r["reduce"] for r in rows(report, variant="brics"))
 
 
+@pytest.mark.skipif(
+    tuple(int(part) for part in triton.__version__.split(".")[:2]) < BUDGET_TRITON,
+    reason=f"the budgets were taken on triton 3.8 and hold from 3.7; this is {triton.__version__}",
+)
 def test_no_spills_and_registers_within_budget(report):
     for r in report["rows"]:
         assert r["stack_bytes"] == 0 and r["local_bytes"] == 0, f"{where(r)}: spills"
