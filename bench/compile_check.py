@@ -6,7 +6,7 @@
 The launches are those of ``bench/kernel_report.py`` (grid: every shape, dtype, path and
 in_dim) and ``bench/mlp_kernel_report.py`` (fused MLP: every width, dtype and depth), each
 specialization once. CI runs it with the floor Triton of ``pyproject.toml`` installed aside
-(``pip install --no-deps --target``), beside the suite's own Triton; docs/grids.md §6 keeps
+(``pip install --no-deps --target``), beside the suite's own Triton; docs/grids.md §8 keeps
 the table it gave for each Triton. No GPU needed.
 """
 

@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - triton is a Linux-only dependency
     triton = None
 
 TRITON_AVAILABLE = triton is not None
-# The oldest Triton that compiles every kernel (docs/grids.md §6): 3.3 is torch 2.7's. Older
+# The oldest Triton that compiles every kernel (docs/grids.md §8): 3.3 is torch 2.7's. Older
 # ones reject the per-dimension tuples and tl.gather of kernels.py.
 TRITON_FLOOR = (3, 3)
 

@@ -127,6 +127,12 @@ class BRICSAutoencoder(PretrainedMixin, nn.Module):
         """Fraction of the r_max + 1 key-value slots of :meth:`key_value_hits` hit, (Cz,)."""
         return (counts > 0).float().mean(dim=1)
 
+    def compile(self, *args, **kwargs) -> None:
+        """``nn.Module.compile`` in place (the state dict keeps its names), static shapes by
+        default: training shapes are fixed, and inductor's dynamic-shape guards fail on torch
+        2.11 (``cannot determine truth value of Relational``)."""
+        super().compile(*args, **{"dynamic": False, **kwargs})
+
     def parameter_counts(self) -> dict[str, int]:
         """Parameters of the encoder, the grids, the retrieval MLP and the decoder."""
         count = lambda module: sum(p.numel() for p in module.parameters())

@@ -18,7 +18,7 @@ from tests.helpers import compiled_report
 
 # Registers per kernel and variant as compiled on 2026-11-25 (triton 3.8.0, sm_90), rounded
 # up to a multiple of 8: more is a regression to look at (occupancy), not noise. They and
-# the no-spill rule hold from Triton 3.7; older Tritons allocate otherwise (docs/grids.md §6:
+# the no-spill rule hold from Triton 3.7; older Tritons allocate otherwise (docs/grids.md §8:
 # 3.5 and 3.6 spill 8-16 bytes in the float64 backward), and CI checks that they compile.
 BUDGET_TRITON = (3, 7)
 REGISTER_BUDGET = {

@@ -1,7 +1,7 @@
 """The declared dependency floors hold: what is refused below them, and how launches compile.
 
 CI also compiles every recorded launch with the floor Triton itself (``.ci/run``,
-``bench/compile_check.py``); docs/grids.md §6 keeps the measured version table.
+``bench/compile_check.py``); docs/grids.md §8 keeps the measured version table.
 """
 
 import os

@@ -39,12 +39,38 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+    """Complete checkpoints of a run's current timeline, oldest first. A save killed between
+    moving an older copy of its step aside and renaming the new one in leaves only the
+    older copy (``step_K.replaced``): it is put back."""
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
+    for replaced in folder.glob("step_*.replaced"):
+        final = replaced.with_suffix("")
+        if NAME.match(final.name) and not final.exists():
+            os.replace(replaced, final)
     found = [p for p in folder.iterdir() if NAME.match(p.name) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: p.name)
+    return sorted(found, key=lambda p: int(NAME.match(p.name).group(1)))
+
+
+def set_timeline_aside(run_dir: Path, resumed: Path) -> Path | None:
+    """Resuming from ``resumed`` while later checkpoints exist starts a new timeline: the
+    later ones move to ``checkpoints/abandoned_after_step_<S>_<n>/`` (kept, never pruned,
+    never resumed by ``--resume auto``). Returns that folder, or None when none was later."""
+    resumed = Path(resumed).resolve()
+    later = [
+        p for p in list_checkpoints(run_dir) if p.resolve() != resumed and p.name > resumed.name
+    ]
+    if not later or resumed.parent != (Path(run_dir) / "checkpoints").resolve():
+        return None
+    n = 1
+    while (aside := resumed.parent / f"abandoned_after_{resumed.name}_{n}").exists():
+        n += 1
+    aside.mkdir()
+    for path in later:
+        os.replace(path, aside / path.name)
+    _fsync_dir(resumed.parent)
+    return aside
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -114,10 +140,17 @@ def save_checkpoint(
             os.kill(os.getpid(), signal.SIGKILL)
         torch.save({**state, "step": step}, temporary / STATE_FILE)
         _fsync_tree(temporary)
-        if final.exists():  # a checkpoint of this step from an earlier run: replace it
-            shutil.rmtree(final)
+        # A checkpoint of this step already there (an earlier run's): moved aside first, so
+        # a crash at any point leaves one of the two under a name a resume finds.
+        replaced = final.with_name(final.name + ".replaced")
+        if final.exists():
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(final, replaced)
+        if os.environ.get(KILL_DURING_SAVE) == f"{step}:replace":
+            os.kill(os.getpid(), signal.SIGKILL)
         os.replace(temporary, final)
         _fsync_dir(final.parent)
+        shutil.rmtree(replaced, ignore_errors=True)
         for old in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()

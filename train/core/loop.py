@@ -11,6 +11,7 @@ SIGTERM / SIGINT handling, and ends the run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -31,10 +32,13 @@ from tqdm import tqdm
 from train.core import checkpoint
 from train.core.cpu_memory import keep_freed_memory
 from train.core.data import StepBatchSampler
+from train.core.lock import run_folder_lock
 from train.core.options import RunOptions, to_dict, user_errors
 
 # Fault injection for the resume tests: SIGKILL the training process right after this step.
 KILL_AT_STEP = "BRICS_FAULT_KILL_AT_STEP"
+# ... and for the divergence tests: make one weight NaN after this optimizer step.
+NAN_AT_STEP = "BRICS_FAULT_NAN_AT_STEP"
 
 
 class EMA:
@@ -161,7 +165,11 @@ def launch(stage_class: type[Stage], options: RunOptions, dry_run: bool, resolve
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     with user_errors():  # data, options and checkpoints: one line and exit code 2
         stage = stage_class(options)
-    train(stage)
+    try:
+        train(stage)
+    except Diverged as error:
+        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr, flush=True)
+        return 3
     return 0
 
 
@@ -169,13 +177,23 @@ def train(stage: Stage) -> None:
     """Run ``stage`` from its latest checkpoint (or from scratch) to ``max_steps``."""
     acc, options = stage.accelerator, stage.options
     run_dir = options.output_dir.resolve()
-    if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "options.json").write_text(json.dumps(stage.saved_options(), indent=2))
-        print(f"run folder: {run_dir}", flush=True)
-    with user_errors():
-        options.micro_batch(acc.num_processes)  # the batch splits over processes and micro-steps
-        restored = restore(stage)
+    with contextlib.ExitStack() as held:
+        with user_errors():
+            if acc.is_main_process:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(run_folder_lock(run_dir))  # one run per folder
+            options.micro_batch(acc.num_processes)  # the batch splits over processes, micro-steps
+            restored = restore(stage)
+        if acc.is_main_process:  # written once the run is accepted
+            (run_dir / "options.json").write_text(json.dumps(stage.saved_options(), indent=2))
+            print(f"run folder: {run_dir}", flush=True)
+        _train(stage, restored)
+        if acc.is_main_process:
+            print(f"run folder: {run_dir}", flush=True)
+
+
+def _train(stage: Stage, restored: Path | None) -> None:
+    acc, options = stage.accelerator, stage.options
     acc.init_trackers(stage.name, config={k: str(v) for k, v in to_dict(options).items()})
     if restored is None:
         set_seed(options.seed + acc.process_index)  # per-process noise streams
@@ -183,8 +201,6 @@ def train(stage: Stage) -> None:
         checkpoint.restore_rng(restored, acc.process_index)
     run_steps(stage)
     acc.end_training()
-    if acc.is_main_process:
-        print(f"run folder: {run_dir}", flush=True)
 
 
 def run_steps(stage: Stage) -> None:
@@ -233,9 +249,12 @@ def run_steps(stage: Stage) -> None:
         if stage.ema is not None:
             stage.ema.update()
         progress.update(1)
+        maybe_poison(stage)
         last = stage.step == options.max_steps
         if stage.step % options.log_every == 0 or last:
             logged = {k: acc.reduce(v, "mean").item() for k, v in terms.items()}
+            if not all(math.isfinite(v) for v in logged.values()):
+                diverged(stage, f"loss terms {logged}")
             train_log = {f"train/{k}": v for k, v in logged.items()}
             acc.log({**train_log, "train/lr": stage.lr()}, step=stage.step)
             progress.set_postfix(loss=f"{logged['loss']:.4f}", refresh=False)
@@ -243,6 +262,8 @@ def run_steps(stage: Stage) -> None:
         # The all-reduce of the stop flag syncs with the device: only on logging steps.
         stopping = (stage.step % options.log_every == 0 or last) and stop.agreed(acc)
         if stage.step % options.save_every == 0 or last or stopping:
+            if not finite_weights(stage):  # never saved: no non-finite checkpoint is latest
+                diverged(stage, "weights")
             save(stage)
         maybe_kill(stage.step)
         if stopping:
@@ -251,6 +272,28 @@ def run_steps(stage: Stage) -> None:
             )
             break
     progress.close()
+
+
+class Diverged(RuntimeError):
+    """Training reached non-finite values; the message names the checkpoint to resume."""
+
+
+def finite_weights(stage: Stage) -> bool:
+    """Whether every weight of the stage's networks is finite (one host sync)."""
+    flags = [p.isfinite().all() for net in stage.networks().values() for p in net.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def diverged(stage: Stage, what: str) -> None:
+    """Stop the run: non-finite ``what`` at this step (checked on logging and saving steps,
+    where the loop syncs with the device anyway)."""
+    latest = checkpoint.latest_checkpoint(stage.options.output_dir)
+    resume = (
+        f"resume from {latest} (the last checkpoint, all finite) with a lower --lr"
+        if latest is not None
+        else "no checkpoint was saved: start again with a lower --lr"
+    )
+    raise Diverged(f"non-finite {what} at step {stage.step}; nothing saved; {resume}")
 
 
 def save(stage: Stage) -> None:
@@ -294,6 +337,12 @@ def restore(stage: Stage) -> Path | None:
     if stage.ema is not None:
         stage.ema.updates = int(state["ema_updates"])
     stage.step = int(state["step"])
+    if stage.accelerator.is_main_process:
+        aside = checkpoint.set_timeline_aside(options.output_dir, path)
+        if aside is not None:
+            logging.getLogger(f"train.{stage.name}").warning(
+                "resumed from an earlier step: the later checkpoints moved to %s", aside
+            )
     if stage.scheduler.last_epoch != stage.step:
         # Written by a run whose prepared scheduler stepped once per process: re-align the
         # schedule with the optimizer steps.
@@ -326,6 +375,13 @@ def maybe_kill(step: int) -> None:
     """SIGKILL this process after ``step`` when the fault-injection variable names it."""
     if os.environ.get(KILL_AT_STEP) == str(step):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_poison(stage: Stage) -> None:
+    """Make a weight NaN after this step when the fault-injection variable names it."""
+    if os.environ.get(NAN_AT_STEP) == str(stage.step):
+        with torch.no_grad():
+            next(iter(stage.networks().values())).parameters().__next__().fill_(float("nan"))
 
 
 class StopFlag:

@@ -1,0 +1,81 @@
+"""Nothing lost around checkpoints: one timeline per run folder, one run per folder, atomic
+re-saves, metadata written once a run is accepted, and divergence stopped before it is saved."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_train_ae import run
+from train.core import checkpoint
+from train.core.lock import LOCK_FILE, RunFolderInUse, run_folder_lock
+
+QUICK = ["--eval-every", "100", "--save-every", "1", "--keep-last", "2"]
+
+
+def names(paths) -> list[str]:
+    return [p.name for p in paths]
+
+
+def test_resuming_an_earlier_step_sets_the_later_ones_aside_and_prunes_its_own(tmp_path):
+    run(tmp_path, "--max-steps", "3", *QUICK)
+    assert names(checkpoint.list_checkpoints(tmp_path)) == ["step_00000002", "step_00000003"]
+    resumed = run(
+        tmp_path,
+        "--max-steps",
+        "4",
+        *QUICK,
+        "--resume",
+        str(tmp_path / "checkpoints" / "step_00000002"),
+    )
+    assert "later checkpoints moved to" in resumed.stderr
+    # The new timeline: its own step 3 and 4, pruned by step; the abandoned step 3 kept aside.
+    assert names(checkpoint.list_checkpoints(tmp_path)) == ["step_00000003", "step_00000004"]
+    (aside,) = (tmp_path / "checkpoints").glob("abandoned_after_step_00000002_*")
+    assert names(aside.iterdir()) == ["step_00000003"]
+    assert checkpoint.latest_checkpoint(tmp_path).name == "step_00000004"
+
+
+def test_a_rejected_resume_leaves_the_run_metadata_alone(tmp_path):
+    run(tmp_path, "--max-steps", "1", *QUICK)
+    before = (tmp_path / "options.json").read_text()
+    rejected = run(tmp_path, "--max-steps", "2", "--log2-table-size", "10", check=False)
+    assert rejected.returncode == 2 and "log2_table_size: 10 != 12" in rejected.stderr
+    assert (tmp_path / "options.json").read_text() == before
+
+
+def test_a_non_finite_weight_stops_the_run_naming_the_last_finite_checkpoint(tmp_path):
+    env = {"BRICS_FAULT_NAN_AT_STEP": "3"}
+    result = run(tmp_path, "--max-steps", "5", *QUICK, "--log-every", "1", env=env, check=False)
+    assert result.returncode == 3, result.stderr[-2000:]
+    (line,) = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert "non-finite" in line and "at step 3" in line and "step_00000002" in line, line
+    assert checkpoint.latest_checkpoint(tmp_path).name == "step_00000002"
+
+
+def test_one_run_per_folder_and_a_dead_holders_lock_is_taken_over(tmp_path, caplog):
+    with run_folder_lock(tmp_path):
+        holder = json.loads((tmp_path / LOCK_FILE).read_text())
+        assert holder["pid"] == os.getpid()
+        refused = pytest.raises(RunFolderInUse, match=rf"in use by pid {os.getpid()} on host")
+        with refused, run_folder_lock(tmp_path):
+            pass
+    assert not (tmp_path / LOCK_FILE).exists()  # released
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": int(dead.stdout), "host": holder["host"]}))
+    with run_folder_lock(tmp_path):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert "taking over the lock" in caplog.text
+
+
+def test_a_save_killed_between_its_renames_keeps_the_older_copy(tmp_path):
+    # The window of a re-save: the old step_K moved aside, the new one not yet renamed in.
+    folder = tmp_path / "checkpoints" / "step_00000004.replaced"
+    folder.mkdir(parents=True)
+    (folder / checkpoint.STATE_FILE).write_bytes(b"state")
+    assert names(checkpoint.list_checkpoints(tmp_path)) == ["step_00000004"]
+    assert not folder.exists()
