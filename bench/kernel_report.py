@@ -28,7 +28,7 @@ from bench_grid import SHAPES
 from common import RESULTS, environment, write_results
 
 from gridcodes import MultiResGrid, ops
-from gridcodes.compiled import inspect_launch, record_launches
+from gridcodes.compiled import inspect_launch, launch_key, record_launches
 
 BRICS = SHAPES["brics"]
 NGP = SHAPES["ngp"]
@@ -81,11 +81,15 @@ def variants():
 
 def report() -> dict:
     rows = []
+    summaries = {}  # launch_key -> summary: variants share many specializations
     for name, grid_kwargs, n_points, keywords in variants():
         grid = MultiResGrid(**grid_kwargs, backend="triton")
         table_dtype = keywords.get("table_dtype", torch.float32)
         for launch in record_launches(grid, n_points, **keywords):
-            summary = inspect_launch(launch).summary()
+            key = launch_key(launch)
+            if key not in summaries:
+                summaries[key] = inspect_launch(launch).summary()
+            summary = summaries[key]
             features = grid_kwargs["n_features"]
             row = {"variant": name, "in_dim": grid_kwargs["in_dim"], "n_features": features}
             row.update(

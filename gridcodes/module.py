@@ -337,8 +337,22 @@ class MultiResGrid(nn.Module):
                 raise ValueError(
                     f"{path} is not a {FILE_FORMAT} file (format={metadata.get('format')!r})"
                 )
+            # The table the metadata implies, checked against the file's before anything of
+            # that size is allocated (a small file can ask for a huge table).
+            try:
+                config = json.loads(metadata["config"])
+                implied = GridConfig(**config)
+            except (KeyError, TypeError, json.JSONDecodeError) as error:
+                raise ValueError(f"{path}: unreadable grid configuration ({error})") from None
+            shape = (implied.n_groups, implied.n_entries, implied.n_features)
+            stored = tuple(f.get_slice("params").get_shape())
+            if stored != shape:
+                raise ValueError(
+                    f"{path}: its metadata implies a table of shape {shape}, the file holds "
+                    f"{stored}"
+                )
             params = f.get_tensor("params")
-        grid = cls(**json.loads(metadata["config"]), backend=backend, deterministic=deterministic)
+        grid = cls(**config, backend=backend, deterministic=deterministic)
         grid.to(device=params.device, dtype=params.dtype)
         with torch.no_grad():
             grid.params.copy_(params)

@@ -200,6 +200,29 @@ def test_load_rejects_foreign_files(tmp_path):
         MultiResGrid.load(path)
 
 
+def test_load_checks_the_table_the_metadata_implies_before_allocating_it(tmp_path, monkeypatch):
+    """A small file whose metadata asks for a huge table fails naming both shapes, and
+    nothing of the implied size is allocated (here: no grid is even built)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    grid = MultiResGrid(2, n_levels=2, log2_table_size=6)
+    config = {**grid.config.to_dict(), "n_groups": 4096, "log2_table_size": 24}
+    metadata = {"format": "gridcodes.MultiResGrid/1", "config": json.dumps(config)}
+    path = tmp_path / "huge.safetensors"
+    save_file({"params": grid.params.detach()}, str(path), metadata=metadata)
+    built = []
+    monkeypatch.setattr(MultiResGrid, "__init__", lambda self, *a, **k: built.append(k))
+    with pytest.raises(ValueError, match=r"implies a table of shape \(4096, .*holds \(1, "):
+        MultiResGrid.load(path)
+    assert not built
+    metadata["config"] = "{not json"
+    save_file({"params": grid.params.detach()}, str(path), metadata=metadata)
+    with pytest.raises(ValueError, match="unreadable grid configuration"):
+        MultiResGrid.load(path)
+
+
 def test_hit_counts_and_usage_rate():
     # One dense 1-D level with 5 vertices; points in cells 0 and 3 hit vertices 0, 1, 3, 4.
     grid = MultiResGrid(1, n_levels=1, resolutions=(5,), grid_type="dense", n_groups=2)
