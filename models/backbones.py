@@ -7,8 +7,9 @@ missing file raises ``FileNotFoundError`` naming the path to place it at (docs/t
 
 from __future__ import annotations
 
+import hashlib
 import os
-import platform
+import re
 from pathlib import Path
 
 import torch
@@ -31,7 +32,9 @@ def backbone_weights_path(url: str) -> Path:
 
 
 def require_backbone_weights(url: str, what: str) -> Path:
-    """The cached weights file of ``url``; raises FileNotFoundError naming it when absent."""
+    """The cached weights file of ``url``, checked against the SHA-256 its publisher put in
+    its name (torchvision's ``<name>-<first 8 hex digits>.pth``, as ``torch.hub`` checks);
+    raises FileNotFoundError naming the path when absent, ValueError on a mismatch."""
     path = backbone_weights_path(url)
     if not path.is_file():
         raise FileNotFoundError(
@@ -39,12 +42,33 @@ def require_backbone_weights(url: str, what: str) -> Path:
             f"to that path (or set TORCH_HOME to a folder that has hub/checkpoints/{path.name}); "
             "or train without it (--perceptual none / auto)."
         )
+    published = HASH_IN_NAME.search(path.name)
+    if published is not None:
+        check_sha256(path, published.group(1))
     return path
 
 
+# torchvision's weight files end in the first digits of their SHA-256 (torch.hub.HASH_REGEX).
+HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
+
+
+def check_sha256(path: Path, expected: str) -> None:
+    """Raise ValueError naming ``path`` unless its SHA-256 starts with ``expected``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(expected):
+        raise ValueError(
+            f"{path} has SHA-256 {digest.hexdigest()}, the published file starts with "
+            f"{expected}: delete it and download it again"
+        )
+
+
 def clean_fid_inception_path() -> Path:
-    """Where clean-fid looks for its Inception weights (it downloads there when it can)."""
-    return Path("./" if platform.system() == "Windows" else "/tmp") / CLEAN_FID_URL.rsplit("/")[-1]
+    """Where this project reads clean-fid's Inception TorchScript: the per-user torch cache,
+    never clean-fid's own default, a shared temporary folder any local user can write to."""
+    return backbone_weights_path(CLEAN_FID_URL)
 
 
 def clip_weights_path() -> Path:

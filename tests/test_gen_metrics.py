@@ -3,6 +3,7 @@ the offline metrics (sliced Wasserstein on pyramid patches, energy distance) on 
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,3 +259,29 @@ def test_eval_gen_swd_and_energy_distance_offline(tmp_path, monkeypatch):
     assert expected > 1.0
     with pytest.raises(SystemExit):
         main(["--samples", str(tmp_path / "noised"), "--codes", str(tmp_path / "codes.pt")])
+
+
+def test_weights_are_read_from_the_user_cache_and_checked_against_their_hash(tmp_path, monkeypatch):
+    """A file planted at clean-fid's shared temp path is never loaded: FID reads the per-user
+    torch cache; a torchvision file whose SHA-256 does not start with the digits in its name
+    is refused in one line naming it and the expected digits."""
+    from models.backbones import VGG16_URL, backbone_weights_path, require_backbone_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    planted = Path("/tmp/inception-2015-12-05.pt")  # clean-fid's own fixed path
+    if planted.exists():
+        pytest.skip(f"{planted} exists on this machine; not overwriting it")
+    planted.write_bytes(b"planted: must never be loaded")
+    try:
+        cache = tmp_path / "home" / "hub" / "checkpoints"
+        with pytest.raises(FileNotFoundError, match=str(cache)):
+            gen_metrics.clean_fid_inception("cpu")
+    finally:
+        planted.unlink()
+    forged = backbone_weights_path(VGG16_URL)
+    forged.parent.mkdir(parents=True)
+    forged.write_bytes(b"not the published weights")
+    with pytest.raises(
+        ValueError, match=r"vgg16-397923af\.pth has SHA-256 [0-9a-f]{64}, .*397923af"
+    ):
+        require_backbone_weights(VGG16_URL, "precision / recall")

@@ -314,7 +314,7 @@ def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 # --- pretrained extractors -------------------------------------------------------------------
 def clean_fid_inception(device) -> Extractor:
     """clean-fid's Inception (the TF-FID port) with its PIL-bicubic resize to 299 ("clean")."""
-    from cleanfid.features import build_feature_extractor
+    from cleanfid.inception_torchscript import InceptionV3W
     from cleanfid.resize import build_resizer
 
     weights = clean_fid_inception_path()
@@ -322,7 +322,8 @@ def clean_fid_inception(device) -> Extractor:
         raise FileNotFoundError(
             f"FID needs clean-fid's Inception weights at {weights}; download {CLEAN_FID_URL} there"
         )
-    model = build_feature_extractor("clean", device=torch.device(device), use_dataparallel=False)
+    # clean-fid's "clean" extractor, read from our cache (its own reads a fixed temp path).
+    model = InceptionV3W(str(weights.parent), download=False).to(device).eval()
     resize = build_resizer("clean")
     return lambda images: model(_resized(images, resize).to(device))
 
