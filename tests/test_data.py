@@ -144,3 +144,21 @@ def test_sampler_splits_each_step_between_processes_and_micro_steps():
     for step in range(4):
         parts = [i for micro in range(2) for r in range(2) for i in ranks[r][2 * step + micro]]
         assert parts == single[step]  # the same 8 samples per optimizer step, disjoint slices
+
+
+def test_an_empty_data_option_is_refused_not_read_as_the_working_directory():
+    from train.core.data import build_dataset
+
+    for source in ("", "  "):
+        with pytest.raises(ValueError, match="--data is empty"):
+            build_dataset(source, "train", 32)
+
+
+def test_float_images_in_0_1_keep_their_brightness():
+    from train.core.data import to_rgb
+
+    grey = np.full((4, 4), 0.5, dtype=np.float32)  # a float TIFF's mode "F"
+    rgb = np.asarray(to_rgb(Image.fromarray(grey, "F")))
+    assert rgb.shape == (4, 4, 3) and abs(int(rgb[0, 0, 0]) - 127) <= 1
+    with pytest.raises(ValueError, match="non-finite"):
+        to_rgb(Image.fromarray(np.full((4, 4), np.nan, dtype=np.float32), "F"))

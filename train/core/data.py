@@ -31,7 +31,14 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """RGB version of any PIL image: grey, 16-bit, palette, CMYK; transparency over white."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        if not np.isfinite(array).all():
+            raise ValueError(f"a {image.mode} image holds non-finite values")
+        if image.mode == "F" and array.size and array.min() >= 0 and array.max() <= 1:
+            peak = 1.0  # a float image in [0, 1]
+        elif image.mode.startswith("I;16") or array.max() > 255:
+            peak = 65535.0
+        else:
+            peak = 255.0
         image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8), "L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
@@ -225,6 +232,8 @@ def build_dataset(source: str, split: str, image_size: int) -> FlippableDataset:
     """
     if source == "embedded":
         return EmbeddedPhotos(split, image_size)
+    if not source.strip():  # Path("") is the working directory
+        raise ValueError("--data is empty: give 'embedded', an image folder or an LMDB")
     root = Path(source)
     if (root / split).is_dir():
         root = root / split
