@@ -79,3 +79,56 @@ def test_a_save_killed_between_its_renames_keeps_the_older_copy(tmp_path):
     (folder / checkpoint.STATE_FILE).write_bytes(b"state")
     assert names(checkpoint.list_checkpoints(tmp_path)) == ["step_00000004"]
     assert not folder.exists()
+
+
+def fake_checkpoint(run_dir, step: int):
+    import torch
+    from safetensors.torch import save_file
+
+    folder = checkpoint.checkpoint_dir(run_dir, step)
+    folder.mkdir(parents=True)
+    save_file({"w": torch.ones(64)}, str(folder / "discriminator.safetensors"))
+    torch.save({"step": step}, folder / checkpoint.STATE_FILE)
+    torch.save({"torch": torch.get_rng_state()}, folder / "rng_rank0.pt")
+    checkpoint.write_manifest(folder)
+    return folder
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+def edit_header(path):
+    data = bytearray(path.read_bytes())
+    data[8] = ord("!")  # the first byte of the JSON header
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated safetensors": ("discriminator.safetensors", truncate),
+    "zero-byte safetensors": ("discriminator.safetensors", lambda p: p.write_bytes(b"")),
+    "edited header": ("discriminator.safetensors", edit_header),
+    "truncated training state": (checkpoint.STATE_FILE, truncate),
+    "missing rng file": ("rng_rank0.pt", lambda p: p.unlink()),
+}
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_resume_auto_falls_back_past_a_damaged_checkpoint(tmp_path, kind, caplog):
+    from train.core.loop import resume_path
+
+    fake_checkpoint(tmp_path, 1)
+    intact = fake_checkpoint(tmp_path, 2)
+    damaged = fake_checkpoint(tmp_path, 3)
+    name, spoil = DAMAGE[kind]
+    spoil(damaged / name)
+    assert checkpoint.damage(intact) is None
+    assert name in checkpoint.damage(damaged)
+    assert resume_path("auto", tmp_path) == intact
+    assert f"skipping damaged checkpoint {damaged}" in caplog.text
+    with pytest.raises(ValueError, match=r"--resume .*step_00000003: the checkpoint is damaged"):
+        resume_path(str(damaged), tmp_path)
+    for path in checkpoint.list_checkpoints(tmp_path)[:-1]:
+        spoil(path / name)
+    with pytest.raises(ValueError, match=r"every checkpoint under .* is damaged"):
+        resume_path("auto", tmp_path)

@@ -10,6 +10,7 @@ place, so a crash or ``kill -9`` during a save never damages the last good check
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -76,6 +78,57 @@ def set_timeline_aside(run_dir: Path, resumed: Path) -> Path | None:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+MANIFEST = "manifest.json"
+
+
+def write_manifest(folder: Path) -> None:
+    """Record every file of checkpoint ``folder`` with its size (checked before a resume)."""
+    files = {
+        str(path.relative_to(folder)): path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+    (folder / MANIFEST).write_text(json.dumps(files, indent=1))
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with checkpoint ``path`` (a file missing or of another size than at the
+    save, an unreadable safetensors header), or None when it is intact."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        try:
+            files = json.loads((path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return f"its {MANIFEST} is unreadable"
+    else:  # written before checkpoints had a manifest: the files there, sizes unknown
+        files = {str(f.relative_to(path)): None for f in path.rglob("*") if f.is_file()}
+        files.setdefault(STATE_FILE, None)
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if size is not None and file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, {size} when saved"
+        if name.endswith(".safetensors"):
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    f.metadata()
+            except Exception as error:  # safetensors raises its own error types
+                return f"{name} has an unreadable header ({error})"
+    return None
+
+
+def latest_intact_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint that passes :func:`damage`; damaged newer ones are named in a
+    warning and skipped (kept for inspection)."""
+    for path in reversed(list_checkpoints(run_dir)):
+        reason = damage(path)
+        if reason is None:
+            return path
+        logging.getLogger("train").warning("skipping damaged checkpoint %s: %s", path, reason)
+    return None
 
 
 def rng_state() -> dict:
@@ -139,6 +192,7 @@ def save_checkpoint(
         if os.environ.get(KILL_DURING_SAVE) == str(step):
             os.kill(os.getpid(), signal.SIGKILL)
         torch.save({**state, "step": step}, temporary / STATE_FILE)
+        write_manifest(temporary)
         _fsync_tree(temporary)
         # A checkpoint of this step already there (an earlier run's): moved aside first, so
         # a crash at any point leaves one of the two under a name a resume finds.
@@ -208,7 +262,7 @@ def find_autoencoder(path: Path) -> Path:
     path = Path(path)
     if is_saved_model(path):
         return path
-    latest = path if is_saved_model(path / "autoencoder") else latest_checkpoint(path)
+    latest = path if is_saved_model(path / "autoencoder") else latest_intact_checkpoint(path)
     if latest is None:
         raise FileNotFoundError(
             f"no stage-1 autoencoder under {path} (a run, checkpoint or model folder)"

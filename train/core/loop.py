@@ -364,10 +364,18 @@ def resume_path(resume: str, output_dir: Path) -> Path | None:
             )
         return None
     if resume == "auto":
-        return checkpoint.latest_checkpoint(output_dir)
+        latest = checkpoint.latest_intact_checkpoint(output_dir)
+        if latest is None and checkpoint.latest_checkpoint(output_dir) is not None:
+            raise ValueError(
+                f"every checkpoint under {output_dir} is damaged (see the warnings); start a "
+                "new run in another --output-dir"
+            )
+        return latest
     path = Path(resume)
     if not (path / checkpoint.STATE_FILE).is_file():
         raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder")
+    if reason := checkpoint.damage(path):
+        raise ValueError(f"--resume {resume}: the checkpoint is damaged: {reason}")
     return path
 
 
