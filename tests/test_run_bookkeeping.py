@@ -132,3 +132,16 @@ def test_resume_auto_falls_back_past_a_damaged_checkpoint(tmp_path, kind, caplog
         spoil(path / name)
     with pytest.raises(ValueError, match=r"every checkpoint under .* is damaged"):
         resume_path("auto", tmp_path)
+
+
+def test_a_resume_with_a_lower_lr_trains_with_it_and_records_it(tmp_path):
+    import torch
+
+    run(tmp_path, "--max-steps", "1", *QUICK)
+    saved = json.loads((checkpoint.latest_checkpoint(tmp_path) / "options.json").read_text())["lr"]
+    resumed = run(tmp_path, "--max-steps", "2", *QUICK, "--lr", str(saved / 4))
+    assert f"--lr {saved / 4:g} applied (the checkpoint trained with {saved:g})" in resumed.stderr
+    latest = checkpoint.latest_checkpoint(tmp_path)
+    state = torch.load(latest / checkpoint.STATE_FILE, weights_only=True)
+    assert state["scheduler"]["base_lrs"] == [pytest.approx(saved / 4)]
+    assert json.loads((tmp_path / "options.json").read_text())["lr"] == pytest.approx(saved / 4)

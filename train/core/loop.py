@@ -337,6 +337,7 @@ def restore(stage: Stage) -> Path | None:
     if stage.ema is not None:
         stage.ema.updates = int(state["ema_updates"])
     stage.step = int(state["step"])
+    apply_new_lr(stage, json.loads((path / "options.json").read_text()).get("lr"))
     if stage.accelerator.is_main_process:
         aside = checkpoint.set_timeline_aside(options.output_dir, path)
         if aside is not None:
@@ -353,6 +354,25 @@ def restore(stage: Stage) -> Path | None:
             "resumed from %s at step %d", path, stage.step
         )
     return path
+
+
+def apply_new_lr(stage: Stage, saved_lr: float | None) -> None:
+    """A resume with another ``--lr`` (say, after a divergence) trains with it: every
+    optimizer's learning rates and the schedule's base scale by new / saved."""
+    new_lr = stage.options.lr
+    if not saved_lr or saved_lr == new_lr:
+        return
+    ratio = new_lr / saved_lr
+    for obj in stage.stateful().values():
+        for group in getattr(obj, "param_groups", ()):
+            group["lr"] *= ratio
+            if "initial_lr" in group:
+                group["initial_lr"] *= ratio
+    stage.scheduler.base_lrs = [base * ratio for base in stage.scheduler.base_lrs]
+    if stage.accelerator.is_main_process:
+        logging.getLogger(f"train.{stage.name}").info(
+            "--lr %g applied (the checkpoint trained with %g)", new_lr, saved_lr
+        )
 
 
 def resume_path(resume: str, output_dir: Path) -> Path | None:
