@@ -1,5 +1,7 @@
 """Errors in what the user gives the entry points: one line naming the problem, exit code 2."""
 
+import re
+
 import pytest
 
 from tests.helpers import run_script
@@ -27,3 +29,18 @@ def test_a_bad_input_is_one_line_and_exit_code_2(tmp_path, script, args, message
     assert message in result.stderr and "Traceback" not in result.stderr, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith(f"{script}: error:"), errors
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("cpu_threads", -1, "--cpu-threads must be >= 0, got -1"),
+        ("eval_images", -1, "--eval-images must be >= 0, got -1"),  # failed at the 1st eval
+        ("lr", float("inf"), "--lr must be a positive finite number, got inf"),
+    ],
+)
+def test_numeric_options_are_checked_when_parsed(field, value, message):
+    from train.ae import AEOptions
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AEOptions(**{field: value})

@@ -92,6 +92,7 @@ class AEOptions(RunOptions):
     eval_images: int = option(0, "held-out images per periodic evaluation (0: all)")
 
     POSITIVE = (*RunOptions.POSITIVE, "eval_every", "reg_interval")
+    NON_NEGATIVE = (*RunOptions.NON_NEGATIVE, "eval_images")
     RESUME_FIXED = ("gan",)  # a checkpoint resumes only with the loss it was trained with
 
     def __post_init__(self) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import sys
 import types
 import typing
@@ -86,16 +87,20 @@ class RunOptions:
         "keep_last",
         "log_every",
     )
+    # Options that are >= 0 (0 meaning "all" or "automatic").
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("num_workers", "cpu_threads")
 
     def __post_init__(self) -> None:
         for name in self.POSITIVE:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{_flag(name)} must be >= 1, got {value}")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise ValueError(f"--num-workers must be >= 0, got {self.num_workers}")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
+        for name in self.NON_NEGATIVE:
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{_flag(name)} must be >= 0, got {value}")
+        if self.lr is not None and not 0 < self.lr < math.inf:
+            raise ValueError(f"--lr must be a positive finite number, got {self.lr}")
 
     def with_recipe(self, recipe) -> RunOptions:
         """These options with ``lr``, ``batch_size``, ``max_steps`` from ``recipe`` if unset."""
