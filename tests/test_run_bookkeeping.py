@@ -145,3 +145,21 @@ def test_a_resume_with_a_lower_lr_trains_with_it_and_records_it(tmp_path):
     state = torch.load(latest / checkpoint.STATE_FILE, weights_only=True)
     assert state["scheduler"]["base_lrs"] == [pytest.approx(saved / 4)]
     assert json.loads((tmp_path / "options.json").read_text())["lr"] == pytest.approx(saved / 4)
+
+
+def test_stage_2_resumes_only_on_its_autoencoder_and_replaced_images_are_re_encoded(tmp_path):
+    from PIL import Image
+
+    from train.core.codes import data_identity
+    from train.diffusion import check_same_autoencoder
+
+    saved = {"autoencoder": "/runs/a/ema", "autoencoder_sha256": "a" * 64}
+    check_same_autoencoder(saved, "a" * 64, "/runs/a")  # the same weights resume
+    with pytest.raises(ValueError, match=r"another autoencoder \(/runs/a/ema, SHA-256 aaaa"):
+        check_same_autoencoder(saved, "b" * 64, "/runs/b")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), (0, 0, 0)).save(folder / "0.png")
+    before = data_identity(str(folder), "train")
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(folder / "0.png")  # replaced, same name
+    assert data_identity(str(folder), "train") != before

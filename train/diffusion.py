@@ -27,7 +27,7 @@ from models.samplers import SAMPLERS
 from models.schedules import SCHEDULES, get_schedule
 from models.unet import UNet, unet_config_for_codes
 from train.core import checkpoint
-from train.core.codes import CodeDataset, load_or_encode
+from train.core.codes import CodeDataset, autoencoder_fingerprint, load_or_encode
 from train.core.evaluation import save_image_grid
 from train.core.loop import EMA, Stage, launch, lr_factor, make_accelerator
 from train.core.options import RunOptions, option, parse_options
@@ -71,6 +71,18 @@ class DiffusionOptions(RunOptions):
         return min(10_000, self.max_steps // 10)
 
 
+def check_same_autoencoder(saved: dict, sha256: str, ae) -> None:
+    """A UNet resumes only on the codes of the autoencoder it was trained on."""
+    trained_on = saved.get("autoencoder_sha256")
+    if trained_on is not None and trained_on != sha256:
+        raise ValueError(
+            f"this run's UNet was trained on the codes of another autoencoder "
+            f"({saved.get('autoencoder')}, SHA-256 {trained_on[:12]}...) than --ae {ae} "
+            f"({sha256[:12]}...): resume with that --ae, or start a new run in another "
+            "--output-dir"
+        )
+
+
 class DiffusionStage(Stage):
     """The eps-prediction UNet on cached key codes, with EMA weights for sampling."""
 
@@ -79,6 +91,7 @@ class DiffusionStage(Stage):
     def __init__(self, options: DiffusionOptions) -> None:
         acc = make_accelerator(options)
         self.autoencoder_dir = checkpoint.find_autoencoder(options.ae)
+        self.autoencoder_sha256 = autoencoder_fingerprint(self.autoencoder_dir)
         cache = options.output_dir / f"codes_{options.split}.safetensors"
         codes = lambda: load_or_encode(
             self.autoencoder_dir,
@@ -119,7 +132,14 @@ class DiffusionStage(Stage):
         return {"optimizer": self.optimizer, "scheduler": self.scheduler}
 
     def saved_options(self) -> dict:
-        return {**super().saved_options(), "autoencoder": str(self.autoencoder_dir)}
+        return {
+            **super().saved_options(),
+            "autoencoder": str(self.autoencoder_dir),
+            "autoencoder_sha256": self.autoencoder_sha256,
+        }
+
+    def check_resume(self, saved: dict) -> None:
+        check_same_autoencoder(saved, self.autoencoder_sha256, self.options.ae)
 
     def train_step(self, x0: torch.Tensor) -> dict[str, torch.Tensor]:
         """One micro-step of the weighted epsilon-prediction loss."""

@@ -28,16 +28,36 @@ logger = logging.getLogger(__name__)
 FORMAT = "brics-codes/2"  # /1 stored float16; such caches are re-encoded
 
 
-def fingerprint(model_dir: Path, data: str, split: str) -> str:
-    """SHA-256 over the autoencoder's config and weights and the dataset's identity."""
+def autoencoder_fingerprint(model_dir: Path) -> str:
+    """SHA-256 over the autoencoder's config and weights files."""
     digest = hashlib.sha256()
     for path in model_files(model_dir):
         with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
-    source = data if data == "embedded" else str(Path(data).resolve())
-    digest.update(json.dumps({"data": source, "split": split}).encode())
     return digest.hexdigest()
+
+
+def data_identity(data: str, split: str) -> dict:
+    """What the codes were encoded from: the data's path and, for a folder or LMDB, every
+    file under it with its size and modification time (replaced images change it)."""
+    if data == "embedded":
+        return {"data": data, "split": split}
+    root = Path(data).resolve()
+    files = [
+        (str(path.relative_to(root)), path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    ]
+    return {"data": str(root), "split": split, "files": files}
+
+
+def fingerprint(model_dir: Path, data: str, split: str) -> str:
+    """SHA-256 over the autoencoder's fingerprint and the data's identity."""
+    identity = json.dumps(
+        {"autoencoder": autoencoder_fingerprint(model_dir), **data_identity(data, split)}
+    )
+    return hashlib.sha256(identity.encode()).hexdigest()
 
 
 @torch.no_grad()

@@ -99,6 +99,9 @@ class Stage(ABC):
     def evaluate(self) -> None:  # noqa: B027 (optional hook)
         """Called after every optimizer step: evaluate / write samples when due."""
 
+    def check_resume(self, saved: dict) -> None:  # noqa: B027 (optional hook)
+        """Raise ValueError when a checkpoint with these saved options cannot resume."""
+
     def saved_options(self) -> dict:
         """The options written to the run folder and into every checkpoint."""
         return {**to_dict(self.options), "run_format": checkpoint.RUN_FORMAT}
@@ -322,6 +325,7 @@ def restore(stage: Stage) -> Path | None:
         checkpoint.check_saved_config(path, name, config)
     checkpoint.check_run_format(path)
     checkpoint.check_saved_options(path, options, options.RESUME_FIXED)
+    stage.check_resume(json.loads((path / "options.json").read_text()))
     networks = stage.networks()
     if stage.ema is not None:
         if not checkpoint.has_network(path, "ema"):
