@@ -109,6 +109,7 @@ def test_checkpoints_without_ema_weights_name_what_is_missing(tmp_path):
     ckpt = latest_checkpoint(tmp_path)
     assert find_autoencoder(tmp_path) == ckpt / "ema"
     shutil.rmtree(ckpt / "ema")  # as written before stage 1 kept EMA weights
+    (ckpt / "manifest.json").unlink()  # (and before checkpoints had a manifest)
     with pytest.raises(FileNotFoundError, match="holds no EMA weights") as error:
         find_autoencoder(tmp_path)
     assert str(ckpt / "autoencoder") in str(error.value)
@@ -401,6 +402,7 @@ def test_checkpoint_of_an_earlier_run_format_names_it(tmp_path):
     assert saved["run_format"] == 2 and saved["batch_size"] == 4
     del saved["run_format"]
     options_file.write_text(json.dumps(saved))  # as written before
+    (options_file.parent / "manifest.json").unlink()  # (and before checkpoints had a manifest)
     result = run(tmp_path, "--max-steps", "3", check=False)
     assert result.returncode == 2
     assert "run format 1, when --batch-size counted images per process" in result.stderr
