@@ -38,14 +38,6 @@ def test_resuming_an_earlier_step_sets_the_later_ones_aside_and_prunes_its_own(t
     assert checkpoint.latest_checkpoint(tmp_path).name == "step_00000004"
 
 
-def test_a_rejected_resume_leaves_the_run_metadata_alone(tmp_path):
-    run(tmp_path, "--max-steps", "1", *QUICK)
-    before = (tmp_path / "options.json").read_text()
-    rejected = run(tmp_path, "--max-steps", "2", "--log2-table-size", "10", check=False)
-    assert rejected.returncode == 2 and "log2_table_size: 10 != 12" in rejected.stderr
-    assert (tmp_path / "options.json").read_text() == before
-
-
 def test_a_non_finite_weight_stops_the_run_naming_the_last_finite_checkpoint(tmp_path):
     env = {"BRICS_FAULT_NAN_AT_STEP": "3"}
     result = run(tmp_path, "--max-steps", "5", *QUICK, "--log-every", "1", env=env, check=False)

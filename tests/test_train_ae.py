@@ -379,8 +379,10 @@ def test_eval_entry_point_writes_metrics_and_a_grid(tmp_path):
 
 def test_resuming_with_another_model_names_the_field(tmp_path):
     run(tmp_path, "--max-steps", "1", "--eval-every", "100", "--save-every", "1")
+    before = (tmp_path / "options.json").read_text()
     result = run(tmp_path, "--max-steps", "2", "--log2-table-size", "10", check=False)
-    assert result.returncode != 0 and "log2_table_size: 10 != 12" in result.stderr
+    assert result.returncode == 2 and "log2_table_size: 10 != 12" in result.stderr
+    assert (tmp_path / "options.json").read_text() == before  # a rejected resume writes nothing
 
 
 def test_resuming_with_another_gan_loss_names_the_saved_one(tmp_path):
