@@ -413,7 +413,8 @@ def maybe_poison(stage: Stage) -> None:
     """Make a weight NaN after this step when the fault-injection variable names it."""
     if os.environ.get(NAN_AT_STEP) == str(stage.step):
         with torch.no_grad():
-            next(iter(stage.networks().values())).parameters().__next__().fill_(float("nan"))
+            network = next(iter(stage.networks().values()))
+            next(network.parameters()).fill_(float("nan"))
 
 
 class StopFlag:
