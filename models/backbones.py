@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from models.errors import MissingInput, UserError
+
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 INCEPTION_V3_URL = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
@@ -34,13 +36,14 @@ def backbone_weights_path(url: str) -> Path:
 def require_backbone_weights(url: str, what: str) -> Path:
     """The cached weights file of ``url``, checked against the SHA-256 its publisher put in
     its name (torchvision's ``<name>-<first 8 hex digits>.pth``, as ``torch.hub`` checks);
-    raises FileNotFoundError naming the path when absent, ValueError on a mismatch."""
+    raises MissingInput (a FileNotFoundError) naming the path when absent, UserError (a
+    ValueError) on a mismatch."""
     path = backbone_weights_path(url)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"{what} needs pretrained weights at {path}, which is missing. Download {url} "
             f"to that path (or set TORCH_HOME to a folder that has hub/checkpoints/{path.name}); "
-            "or train without it (--perceptual none / auto)."
+            "or do without it (training: --perceptual none / auto; evaluation: other --metrics)."
         )
     published = HASH_IN_NAME.search(path.name)
     if published is not None:
@@ -53,13 +56,13 @@ HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
 
 
 def check_sha256(path: Path, expected: str) -> None:
-    """Raise ValueError naming ``path`` unless its SHA-256 starts with ``expected``."""
+    """Raise UserError naming ``path`` unless its SHA-256 starts with ``expected``."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     if not digest.hexdigest().startswith(expected):
-        raise ValueError(
+        raise UserError(
             f"{path} has SHA-256 {digest.hexdigest()}, the published file starts with "
             f"{expected}: delete it and download it again"
         )

@@ -12,7 +12,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from models.errors import MissingInput, UserError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -29,10 +32,10 @@ class ConfigMixin:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+            raise UserError(f"unknown {cls.__name__} fields {unknown}")
         missing = sorted(known - set(values))
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"this {cls.__name__} was saved by an earlier version, without the fields "
                 f"{missing} that models have had since; it cannot be loaded by this one"
             )
@@ -62,8 +65,14 @@ def load_config(directory: str | Path, config_class: type):
     """The ``config_class`` instance saved in a ``save_pretrained`` folder."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    return config_class.from_dict(json.loads(path.read_text()))
+        raise MissingInput(f"{path} does not exist")
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UserError(f"{path} is damaged: {error}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path} is damaged: it holds no mapping of config fields")
+    return config_class.from_dict(values)
 
 
 class PretrainedMixin:
@@ -80,7 +89,9 @@ class PretrainedMixin:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": type(self).__name__})
+        # Written by Python's file API: a full disk raises OSError(ENOSPC), not a Rust error.
+        weights = save(state, metadata={"format": type(self).__name__})
+        (directory / WEIGHTS_FILE).write_bytes(weights)
 
     @classmethod
     def load_config(cls, directory: str | Path):
@@ -95,12 +106,16 @@ class PretrainedMixin:
         directory = Path(directory)
         saved = cls.load_config(directory)
         if config is not None and config != saved:
-            raise ValueError(
+            raise UserError(
                 f"checkpoint {directory} was saved with a different config: "
                 + "; ".join(f"{d} (expected != saved)" for d in config.differences(saved))
             )
         model = cls(saved, **kwargs)
-        model.load_state_dict(
-            load_file(str(directory / WEIGHTS_FILE), device=str(device)), strict=True
-        )
+        weights = directory / WEIGHTS_FILE
+        try:
+            model.load_state_dict(load_file(str(weights), device=str(device)), strict=True)
+        except (OSError, SafetensorError) as error:
+            raise UserError(f"{weights} is damaged: {error}") from None
+        except RuntimeError as error:  # load_state_dict: other tensor names or shapes
+            raise UserError(f"{weights} does not hold this model's weights: {error}") from None
         return model.to(device)

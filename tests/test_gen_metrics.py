@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from models.errors import UserError
 from train.core import gen_metrics
 from train.core.data import EmbeddedPhotos
 from train.eval_gen import build_extractors
@@ -73,7 +74,7 @@ def test_nearest_neighbours():
 
 def test_missing_weights_stop_with_their_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(SystemExit) as error:
+    with pytest.raises(UserError) as error:  # printed as one line by the entry point
         build_extractors(["is", "precision-recall", "neighbours"], "cpu")
     message = str(error.value)
     for name in (

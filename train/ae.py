@@ -35,6 +35,7 @@ from models import (
     generator_loss,
     get_preset,
 )
+from models.errors import UserError
 from models.losses import GAN_LOSSES, resolve_perceptual_loss, through_detached
 from models.recipes import ae_recipe
 from train.core.data import build_dataset
@@ -93,14 +94,20 @@ class AEOptions(RunOptions):
 
     POSITIVE = (*RunOptions.POSITIVE, "eval_every", "reg_interval")
     NON_NEGATIVE = (*RunOptions.NON_NEGATIVE, "eval_images")
-    RESUME_FIXED = ("gan",)  # a checkpoint resumes only with the loss it was trained with
+    # A checkpoint resumes only with the loss it was trained with.
+    RESUME_FIXED = (*RunOptions.RESUME_FIXED, "gan")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"need 0 <= --ema-decay < 1, got {self.ema_decay}")
+            raise UserError(f"need 0 <= --ema-decay < 1, got {self.ema_decay}")
         if self.gan_start is not None and self.gan_start < 0:
-            raise ValueError(f"--gan-start must be >= 0, got {self.gan_start}")
+            raise UserError(f"--gan-start must be >= 0, got {self.gan_start}")
+        try:  # the model and loss accept the overrides: checked when parsed
+            self.model_config()
+            LossConfig(gan=self.gan, reg_interval=self.reg_interval)
+        except ValueError as error:
+            raise UserError(f"--preset {self.preset} with these options: {error}") from None
 
     def with_recipe(self, recipe) -> AEOptions:
         """These options with the recipe's lr, batch, duration and GAN start where unset."""

@@ -22,6 +22,7 @@ from accelerate.utils import set_seed
 
 from models import BRICSAutoencoder
 from models.diffusion import KeyCodeDiffusion, KeyCodePipeline
+from models.errors import UserError
 from models.recipes import DIFFUSION_RECIPES, diffusion_recipe
 from models.samplers import SAMPLERS
 from models.schedules import SCHEDULES, get_schedule
@@ -62,7 +63,7 @@ class DiffusionOptions(RunOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"need 0 <= --ema-decay < 1, got {self.ema_decay}")
+            raise UserError(f"need 0 <= --ema-decay < 1, got {self.ema_decay}")
 
     @property
     def warmup(self) -> int | None:
@@ -75,7 +76,7 @@ def check_same_autoencoder(saved: dict, sha256: str, ae) -> None:
     """A UNet resumes only on the codes of the autoencoder it was trained on."""
     trained_on = saved.get("autoencoder_sha256")
     if trained_on is not None and trained_on != sha256:
-        raise ValueError(
+        raise UserError(
             f"this run's UNet was trained on the codes of another autoencoder "
             f"({saved.get('autoencoder')}, SHA-256 {trained_on[:12]}...) than --ae {ae} "
             f"({sha256[:12]}...): resume with that --ae, or start a new run in another "

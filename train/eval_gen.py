@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 from pathlib import Path
 
@@ -23,8 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ and trai
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from models.errors import MissingInput, UserError
 from models.losses import LPIPSLoss
 from train.core import gen_metrics
 from train.core.data import IMAGE_EXTENSIONS, build_dataset
@@ -38,12 +41,24 @@ OFFLINE = ("swd",)  # metrics that need no pretrained network
 
 def load_samples(folder: Path, limit: int) -> torch.Tensor:
     """uint8 images (N, 3, H, W) of a folder of generated images."""
+    if not folder.is_dir():
+        raise MissingInput(f"--samples {folder} is not a folder")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)[
         : limit or None
     ]
     if not paths:
-        raise FileNotFoundError(f"no images in {folder}")
-    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+        raise MissingInput(f"no images in {folder}")
+    arrays = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                arrays.append(np.asarray(image.convert("RGB")))
+        except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for bad files
+            raise UserError(f"{path} is not a readable image: {error}") from None
+    if len({a.shape for a in arrays}) > 1:
+        raise UserError(
+            f"the images in {folder} differ in size: {sorted({a.shape for a in arrays})}"
+        )
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -57,16 +72,21 @@ def load_references(data: str, split: str, size: int, limit: int) -> torch.Tenso
 def load_codes(path: Path) -> torch.Tensor:
     """Key codes (N, ...) of a .safetensors file (its tensor "codes", as in the code cache of
     train/core/codes.py, or its only tensor) or of a .pt file (a tensor or a dict with "codes")."""
-    if path.suffix == ".safetensors":
-        tensors = load_file(str(path))
-    else:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-        tensors = loaded if isinstance(loaded, dict) else {"codes": loaded}
+    if not path.is_file():
+        raise MissingInput(f"codes file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            tensors = load_file(str(path))
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            tensors = loaded if isinstance(loaded, dict) else {"codes": loaded}
+    except (OSError, RuntimeError, SafetensorError, pickle.UnpicklingError) as error:
+        raise UserError(f"codes file {path} is unreadable: {error}") from None
     if "codes" in tensors:
         return tensors["codes"]
     if len(tensors) == 1:
         return next(iter(tensors.values()))
-    raise KeyError(f"{path} holds {sorted(tensors)}, none named 'codes'")
+    raise UserError(f"{path} holds {sorted(tensors)}, none named 'codes'")
 
 
 def build_extractors(metrics: list[str], device) -> dict:
@@ -84,10 +104,10 @@ def build_extractors(metrics: list[str], device) -> dict:
             continue
         try:
             extractors[name] = builders[name](device)
-        except (FileNotFoundError, ImportError) as error:
+        except (UserError, ImportError) as error:  # weights absent or altered, a package
             missing.append(f"{name}: {error}")
     if missing:
-        raise SystemExit("cannot compute the requested metrics:\n  " + "\n  ".join(missing))
+        raise UserError("cannot compute the requested metrics: " + "; ".join(missing))
     return extractors
 
 

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from models import BRICSAutoencoder
 from models.diffusion import KeyCodePipeline
+from models.errors import MissingInput
 from models.persistence import is_saved_model
 from models.samplers import SAMPLERS
 from models.schedules import get_schedule
@@ -39,7 +40,7 @@ def find_diffusion_checkpoint(path: Path) -> Path:
         return path
     latest = latest_checkpoint(path)
     if latest is None:
-        raise FileNotFoundError(f"no diffusion checkpoint under {path}")
+        raise MissingInput(f"no diffusion checkpoint under {path}")
     return latest
 
 

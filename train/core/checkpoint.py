@@ -9,6 +9,8 @@ place, so a crash or ``kill -9`` during a save never damages the last good check
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import logging
 import os
@@ -21,9 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from models.errors import MissingInput, UserError
 from models.persistence import WEIGHTS_FILE, is_saved_model, load_config
 
 STATE_FILE = "training_state.pt"
@@ -179,21 +183,29 @@ def save_checkpoint(
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(rng_state(), temporary / f"rng_rank{accelerator.process_index}.pt")
-    accelerator.wait_for_everyone()
+    try:
+        write_file(temporary / f"rng_rank{accelerator.process_index}.pt", torch_bytes(rng_state()))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            for name, model in models.items():
+                if hasattr(model, "save_pretrained"):
+                    model.save_pretrained(temporary / name)
+                else:
+                    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+                    write_file(temporary / f"{name}.safetensors", safetensors_bytes(tensors))
+            write_file(temporary / "options.json", json.dumps(options, indent=2).encode())
+            if os.environ.get(KILL_DURING_SAVE) == str(step):
+                os.kill(os.getpid(), signal.SIGKILL)
+            write_file(temporary / STATE_FILE, torch_bytes({**state, "step": step}))
+            write_manifest(temporary)
+            _fsync_tree(temporary)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        resume = "the earlier checkpoints are intact: free some space and run again to resume"
+        if (message := write_failure(error, final, resume)) is None:
+            raise  # not the disk: a bug keeps its traceback
+        raise UserError(message) from None
     if accelerator.is_main_process:
-        for name, model in models.items():
-            if hasattr(model, "save_pretrained"):
-                model.save_pretrained(temporary / name)
-            else:
-                tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-                save_file(tensors, str(temporary / f"{name}.safetensors"))
-        (temporary / "options.json").write_text(json.dumps(options, indent=2))
-        if os.environ.get(KILL_DURING_SAVE) == str(step):
-            os.kill(os.getpid(), signal.SIGKILL)
-        torch.save({**state, "step": step}, temporary / STATE_FILE)
-        write_manifest(temporary)
-        _fsync_tree(temporary)
         # A checkpoint of this step already there (an earlier run's): moved aside first, so
         # a crash at any point leaves one of the two under a name a resume finds.
         replaced = final.with_name(final.name + ".replaced")
@@ -209,6 +221,35 @@ def save_checkpoint(
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final if accelerator.is_main_process else None
+
+
+def torch_bytes(obj) -> memoryview:
+    """``torch.save`` of ``obj`` in memory (its own file writer reports a full disk as
+    "unexpected pos", without the cause)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer()
+
+
+def write_file(path: Path, data: bytes | memoryview) -> None:
+    """Write ``data`` through Python's file API: a full disk raises OSError(ENOSPC)."""
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def write_failure(error: OSError, target: Path, then: str) -> str | None:
+    """The one-line message of a write of ``target`` that failed for want of disk space or
+    permission (its partial files already removed), ending with ``then`` (what to do), or
+    None for any other error."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(target.parent).free / 2**20
+        return (
+            f"no space left on device while saving to {target} ({free:.0f} MiB free with the "
+            f"partial files removed); {then}"
+        )
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {target}: {error.strerror} ({error.filename}); {then}"
+    return None
 
 
 def has_network(path: Path, name: str) -> bool:
@@ -231,7 +272,7 @@ def restore_rng(path: Path, process_index: int) -> None:
     """Set this process's generators to their state at the save of checkpoint ``path``."""
     rng_file = Path(path) / f"rng_rank{process_index}.pt"
     if not rng_file.is_file():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"{rng_file} is missing: the checkpoint was written by fewer processes than resume it"
         )
     set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
@@ -264,11 +305,11 @@ def find_autoencoder(path: Path) -> Path:
         return path
     latest = path if is_saved_model(path / "autoencoder") else latest_intact_checkpoint(path)
     if latest is None:
-        raise FileNotFoundError(
+        raise MissingInput(
             f"no stage-1 autoencoder under {path} (a run, checkpoint or model folder)"
         )
     if not is_saved_model(latest / "ema"):
-        raise FileNotFoundError(
+        raise MissingInput(
             f"checkpoint {latest} holds no EMA weights (written before stage 1 kept them); "
             f"pass {latest / 'autoencoder'} to use its trained weights"
         )
@@ -281,7 +322,7 @@ def check_saved_config(path: Path, name: str, expected) -> None:
     saved = load_config(Path(path) / name, type(expected))
     differences = expected.differences(saved)
     if differences:
-        raise ValueError(
+        raise UserError(
             f"checkpoint {path} has another {name} configuration: {'; '.join(differences)}"
         )
 
@@ -291,7 +332,7 @@ def check_run_format(path: Path) -> None:
     ``--batch-size`` per process and micro-step)."""
     saved = json.loads((Path(path) / "options.json").read_text())
     if saved.get("run_format", 1) != RUN_FORMAT:
-        raise ValueError(
+        raise UserError(
             f"checkpoint {path} was written by an earlier version (run format "
             f"{saved.get('run_format', 1)}, when --batch-size counted images per process and "
             f"micro-step); this version resumes run format {RUN_FORMAT}: start a new run in "
@@ -307,7 +348,7 @@ def check_saved_options(path: Path, options, names: tuple[str, ...]) -> None:
         value = saved.get(name)
         if name in saved and value != getattr(options, name):
             flag = "--" + name.replace("_", "-")
-            raise ValueError(
+            raise UserError(
                 f"checkpoint {path} was trained with {flag} {value} (this run asks for "
                 f"{getattr(options, name)}): resume with {flag} {value}, or start a new run "
                 "in another --output-dir"

@@ -15,13 +15,15 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from tqdm import tqdm
 
 from models import BRICSAutoencoder
 from models.diffusion import codes_to_data
+from models.errors import UserError
 from models.persistence import model_files
+from train.core.checkpoint import write_failure
 from train.core.data import FlippableDataset, build_dataset
 
 logger = logging.getLogger(__name__)
@@ -88,11 +90,14 @@ def load_or_encode(
     """The cached codes when ``cache`` matches this autoencoder and data, else encode and cache."""
     key = fingerprint(model_dir, data, split)
     if cache.is_file():
-        with safe_open(str(cache), framework="pt") as f:
-            metadata = f.metadata() or {}
-            if metadata.get("format") == FORMAT and metadata.get("fingerprint") == key:
-                return f.get_tensor("codes")
-        logger.warning("code cache %s is stale (other autoencoder or data); re-encoding", cache)
+        try:
+            with safe_open(str(cache), framework="pt") as f:
+                metadata = f.metadata() or {}
+                if metadata.get("format") == FORMAT and metadata.get("fingerprint") == key:
+                    return f.get_tensor("codes")
+            logger.warning("code cache %s is stale (other autoencoder or data); re-encoding", cache)
+        except (OSError, SafetensorError) as error:  # truncated, edited, not safetensors
+            logger.warning("code cache %s is damaged (%s); re-encoding", cache, error)
     model = BRICSAutoencoder.from_pretrained(model_dir, grid_backend=grid_backend, device=device)
     dataset = build_dataset(data, split, model.config.image_size)
     codes = encode_dataset(model, dataset, batch_size, device)
@@ -106,7 +111,14 @@ def load_or_encode(
         "split": split,
         "count": str(len(codes)),
     }
-    save_file({"codes": codes.contiguous()}, str(temporary), metadata)
+    try:  # Python's file API: a full disk raises OSError(ENOSPC)
+        temporary.write_bytes(save({"codes": codes.contiguous()}, metadata))
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        then = "the codes are encoded again on the next run"
+        if (message := write_failure(error, cache, then)) is None:
+            raise
+        raise UserError(message) from None
     temporary.replace(cache)
     return codes
 

@@ -23,6 +23,8 @@ import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset, Sampler
 
+from models.errors import MissingInput, UserError
+
 logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -93,7 +95,7 @@ class ImageFolder(FlippableDataset):
     def __init__(self, root: str | Path, image_size: int) -> None:
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
+            raise MissingInput(f"image folder {root} does not exist or is not a folder")
         candidates = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         self.paths: list[Path] = []
         self.skipped: list[Path] = []
@@ -105,7 +107,7 @@ class ImageFolder(FlippableDataset):
             except Exception:  # PIL raises many types for broken files
                 self.skipped.append(path)
         if not self.paths:
-            raise ValueError(
+            raise UserError(
                 f"no readable images under {root} (looked for {', '.join(IMAGE_EXTENSIONS)}; "
                 f"{len(candidates)} candidate files, {len(self.skipped)} unreadable)"
             )
@@ -128,7 +130,7 @@ class ImageFolder(FlippableDataset):
                 return load_image(path, self.image_size)
             except (OSError, ValueError, SyntaxError) as error:
                 logger.warning("cannot decode %s (%s); using the next image", path, error)
-        raise RuntimeError("no image of the folder could be decoded")
+        raise UserError(f"no image under {self.paths[0].parent} could be decoded any more")
 
 
 class LMDBImages(FlippableDataset):
@@ -138,20 +140,34 @@ class LMDBImages(FlippableDataset):
         try:
             import lmdb
         except ImportError as error:
-            raise ImportError(
-                "LMDB datasets need the lmdb package: pip install -e '.[lsun]'"
+            raise UserError(
+                f"{path} is an LMDB database, which needs the lmdb package: "
+                "pip install -e '.[lsun]'"
             ) from error
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"LMDB database {path} does not exist")
+            raise MissingInput(f"LMDB database {path} does not exist")
         self.path, self.image_size = path, image_size
         self._env = None
-        env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False)
-        with env.begin() as txn:
-            self.keys = [key for key, _ in txn.cursor()]
-        env.close()
+        try:
+            env = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False)
+            with env.begin() as txn:
+                self.keys = [key for key, _ in txn.cursor()]
+            env.close()
+        except lmdb.Error as error:
+            raise UserError(f"{path} is not a readable LMDB database: {error}") from None
         if not self.keys:
-            raise ValueError(f"LMDB database {path} holds no images")
+            raise UserError(f"LMDB database {path} holds no images")
+        try:  # the records are encoded images (LSUN's format): the first one says so
+            self.load(0)
+        except (OSError, ValueError, SyntaxError) as error:
+            raise UserError(
+                f"LMDB database {path}: record {self.keys[0]!r} is not an image ({error})"
+            ) from None
+        finally:  # each worker process opens its own environment
+            if self._env is not None:
+                self._env.close()
+                self._env = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -233,12 +249,12 @@ def build_dataset(source: str, split: str, image_size: int) -> FlippableDataset:
     if source == "embedded":
         return EmbeddedPhotos(split, image_size)
     if not source.strip():  # Path("") is the working directory
-        raise ValueError("--data is empty: give 'embedded', an image folder or an LMDB")
+        raise UserError("--data is empty: give 'embedded', an image folder or an LMDB")
     root = Path(source)
     if (root / split).is_dir():
         root = root / split
     elif split == "val":
-        raise FileNotFoundError(f"no validation split: {Path(source) / 'val'} does not exist")
+        raise MissingInput(f"no validation split: {Path(source) / 'val'} does not exist")
     if root.suffix == ".lmdb" or (root / "data.mdb").is_file():
         return LMDBImages(root, image_size)
     return ImageFolder(root, image_size)

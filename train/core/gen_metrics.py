@@ -30,6 +30,7 @@ from models.backbones import (
     imagenet_input,
     require_backbone_weights,
 )
+from models.errors import MissingInput
 
 Extractor = Callable[[torch.Tensor], torch.Tensor]  # uint8 images (N, 3, H, W) -> (N, D)
 
@@ -319,7 +320,7 @@ def clean_fid_inception(device) -> Extractor:
 
     weights = clean_fid_inception_path()
     if not weights.is_file():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"FID needs clean-fid's Inception weights at {weights}; download {CLEAN_FID_URL} there"
         )
     # clean-fid's "clean" extractor, read from our cache (its own reads a fixed temp path).
@@ -338,7 +339,7 @@ def clean_fid_clip(device) -> Extractor:
         ) from error
     cache = clip_weights_path()
     if not cache.is_file():
-        raise FileNotFoundError(f"CLIP-FID needs the CLIP ViT-B/32 weights at {cache}")
+        raise MissingInput(f"CLIP-FID needs the CLIP ViT-B/32 weights at {cache}")
     from cleanfid.clip_features import CLIP_fx, img_preprocess_clip
 
     model = CLIP_fx("ViT-B/32", device=device)

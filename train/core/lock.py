@@ -13,10 +13,12 @@ import os
 import socket
 from pathlib import Path
 
+from models.errors import UserError
+
 LOCK_FILE = "run.lock"
 
 
-class RunFolderInUse(FileExistsError):
+class RunFolderInUse(UserError, FileExistsError):
     """Another live process trains in this run folder."""
 
 

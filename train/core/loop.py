@@ -29,6 +29,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from gridcodes import ops as grid_ops
+from models.errors import MissingInput, ReportedError, UserError
 from train.core import checkpoint
 from train.core.cpu_memory import keep_freed_memory
 from train.core.data import StepBatchSampler
@@ -137,6 +139,7 @@ def make_accelerator(options: RunOptions) -> Accelerator:
         log_with="tensorboard",
         project_dir=str(options.output_dir),
     )
+    check_grid_backend(options.grid_backend, accelerator.device)
     if options.deterministic:
         torch.use_deterministic_algorithms(True)
     if accelerator.device.type == "cpu":
@@ -166,14 +169,35 @@ def launch(stage_class: type[Stage], options: RunOptions, dry_run: bool, resolve
         print(json.dumps({"options": to_dict(options), **resolved}, indent=2))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    with user_errors():  # data, options and checkpoints: one line and exit code 2
-        stage = stage_class(options)
-    try:
-        train(stage)
-    except Diverged as error:
-        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr, flush=True)
-        return 3
+    with user_errors():  # bad input (exit 2) or a diverged run (exit 3): one line
+        check_output_dir(options.output_dir)
+        train(stage_class(options))
     return 0
+
+
+def check_output_dir(run_dir: Path) -> None:
+    """Refuse, before anything is built, a run folder that is a file or cannot be written."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"--output-dir {run_dir} is a file, not a folder") from None
+    except OSError as error:  # under a file, read-only, no permission
+        raise UserError(f"--output-dir {run_dir} cannot be created: {error.strerror}") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise UserError(f"--output-dir {run_dir} is not writable")
+
+
+def check_grid_backend(backend: str, device: torch.device) -> None:
+    """Refuse at start a ``--grid-backend triton`` that cannot run here."""
+    if backend != "triton":
+        return
+    if reason := grid_ops.triton_missing():
+        raise UserError(f"--grid-backend triton: {reason}")
+    if device.type != "cuda" and not grid_ops.INTERPRET:
+        raise UserError(
+            f"--grid-backend triton needs a CUDA GPU, and this run is on {device.type} (or "
+            "Triton's interpreter: TRITON_INTERPRET=1, slow); use --grid-backend auto or cpu"
+        )
 
 
 def train(stage: Stage) -> None:
@@ -181,12 +205,10 @@ def train(stage: Stage) -> None:
     acc, options = stage.accelerator, stage.options
     run_dir = options.output_dir.resolve()
     with contextlib.ExitStack() as held:
-        with user_errors():
-            if acc.is_main_process:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                held.enter_context(run_folder_lock(run_dir))  # one run per folder
-            options.micro_batch(acc.num_processes)  # the batch splits over processes, micro-steps
-            restored = restore(stage)
+        if acc.is_main_process:
+            held.enter_context(run_folder_lock(run_dir))  # one run per folder
+        options.micro_batch(acc.num_processes)  # the batch splits over processes, micro-steps
+        restored = restore(stage)
         if acc.is_main_process:  # written once the run is accepted
             (run_dir / "options.json").write_text(json.dumps(stage.saved_options(), indent=2))
             print(f"run folder: {run_dir}", flush=True)
@@ -277,8 +299,10 @@ def run_steps(stage: Stage) -> None:
     progress.close()
 
 
-class Diverged(RuntimeError):
+class Diverged(ReportedError, RuntimeError):
     """Training reached non-finite values; the message names the checkpoint to resume."""
+
+    exit_code = 3
 
 
 def finite_weights(stage: Stage) -> bool:
@@ -325,11 +349,12 @@ def restore(stage: Stage) -> Path | None:
         checkpoint.check_saved_config(path, name, config)
     checkpoint.check_run_format(path)
     checkpoint.check_saved_options(path, options, options.RESUME_FIXED)
-    stage.check_resume(json.loads((path / "options.json").read_text()))
+    saved_options = json.loads((path / "options.json").read_text())
+    stage.check_resume(saved_options)
     networks = stage.networks()
     if stage.ema is not None:
         if not checkpoint.has_network(path, "ema"):
-            raise ValueError(
+            raise UserError(
                 f"checkpoint {path} holds no EMA weights (written before the stage kept "
                 "them); this version resumes checkpoints that have them: start a new run in "
                 "another --output-dir"
@@ -341,7 +366,8 @@ def restore(stage: Stage) -> Path | None:
     if stage.ema is not None:
         stage.ema.updates = int(state["ema_updates"])
     stage.step = int(state["step"])
-    apply_new_lr(stage, json.loads((path / "options.json").read_text()).get("lr"))
+    apply_new_lr(stage, saved_options.get("lr"))
+    report_changed_options(stage, saved_options)
     if stage.accelerator.is_main_process:
         aside = checkpoint.set_timeline_aside(options.output_dir, path)
         if aside is not None:
@@ -379,27 +405,43 @@ def apply_new_lr(stage: Stage, saved_lr: float | None) -> None:
         )
 
 
+def report_changed_options(stage: Stage, saved: dict) -> None:
+    """Name the options this resume changes (docs/training.md, "Options on resume"): each
+    is applied from this step on and recorded in the run's ``options.json``. Those a
+    checkpoint cannot change (``RESUME_FIXED``, the model configuration) were refused before."""
+    now = to_dict(stage.options)
+    changed = [
+        f"{'--' + name.replace('_', '-')} {now[name]} (was {saved[name]})"
+        for name in sorted(now)
+        if name not in ("resume", "lr") and name in saved and saved[name] != now[name]
+    ]
+    if changed and stage.accelerator.is_main_process:
+        logging.getLogger(f"train.{stage.name}").info(
+            "resumed with changed options, applied from here on: %s", ", ".join(changed)
+        )
+
+
 def resume_path(resume: str, output_dir: Path) -> Path | None:
     """The checkpoint ``--resume`` names: 'auto' (the run's latest, if any), 'never' or a path."""
     if resume == "never":
         if checkpoint.latest_checkpoint(output_dir) is not None:
-            raise FileExistsError(
+            raise UserError(
                 f"{output_dir} already holds checkpoints; use another --output-dir or --resume auto"
             )
         return None
     if resume == "auto":
         latest = checkpoint.latest_intact_checkpoint(output_dir)
         if latest is None and checkpoint.latest_checkpoint(output_dir) is not None:
-            raise ValueError(
+            raise UserError(
                 f"every checkpoint under {output_dir} is damaged (see the warnings); start a "
                 "new run in another --output-dir"
             )
         return latest
     path = Path(resume)
     if not (path / checkpoint.STATE_FILE).is_file():
-        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder")
+        raise MissingInput(f"--resume {resume}: not a checkpoint folder")
     if reason := checkpoint.damage(path):
-        raise ValueError(f"--resume {resume}: the checkpoint is damaged: {reason}")
+        raise UserError(f"--resume {resume}: the checkpoint is damaged: {reason}")
     return path
 
 

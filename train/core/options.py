@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from gridcodes.module import BACKENDS as GRID_BACKENDS
+from models.errors import MissingInput, ReportedError, UserError
 
 
 def option(default, help: str, choices: tuple | None = None):
@@ -77,8 +78,10 @@ class RunOptions:
         0, "torch threads per process when training on the CPU (0: logical cores / processes)"
     )
 
-    # Options a checkpoint must be resumed with (restore names the saved value otherwise).
-    RESUME_FIXED: ClassVar[tuple[str, ...]] = ()
+    # Options a checkpoint must be resumed with (restore names the saved value otherwise):
+    # the restored random generators continue the streams of the saved seed, so a new one
+    # would change the data order only, in a run no seed replays.
+    RESUME_FIXED: ClassVar[tuple[str, ...]] = ("seed",)
     POSITIVE: ClassVar[tuple[str, ...]] = (
         "max_steps",
         "batch_size",
@@ -94,13 +97,13 @@ class RunOptions:
         for name in self.POSITIVE:
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{_flag(name)} must be >= 1, got {value}")
+                raise UserError(f"{_flag(name)} must be >= 1, got {value}")
         for name in self.NON_NEGATIVE:
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise ValueError(f"{_flag(name)} must be >= 0, got {value}")
+                raise UserError(f"{_flag(name)} must be >= 0, got {value}")
         if self.lr is not None and not 0 < self.lr < math.inf:
-            raise ValueError(f"--lr must be a positive finite number, got {self.lr}")
+            raise UserError(f"--lr must be a positive finite number, got {self.lr}")
 
     def with_recipe(self, recipe) -> RunOptions:
         """These options with ``lr``, ``batch_size``, ``max_steps`` from ``recipe`` if unset."""
@@ -113,7 +116,7 @@ class RunOptions:
         """Images per process and micro-step: ``batch_size / (processes * grad_accum)``."""
         shares = processes * self.grad_accum
         if self.batch_size % shares:
-            raise ValueError(
+            raise UserError(
                 f"--batch-size {self.batch_size} (images per optimizer step) must be divisible "
                 f"by processes x --grad-accum = {processes} x {self.grad_accum}"
             )
@@ -148,19 +151,62 @@ def parse_bool(text: str) -> bool:
 def load_config_file(path: Path) -> dict:
     """Values from a ``.yaml``/``.yml`` or ``.json`` file (a flat mapping of field names)."""
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+        raise MissingInput(f"config file {path} does not exist")
+    if path.suffix not in (".yaml", ".yml", ".json"):
+        raise UserError(f"config file must be .yaml, .yml or .json, got {path}")
+    try:
+        text = path.read_text()
+        if path.suffix == ".json":
+            values = json.loads(text)
+        else:
+            import yaml
 
-        values = yaml.safe_load(text) or {}
-    elif path.suffix == ".json":
-        values = json.loads(text)
-    else:
-        raise ValueError(f"config file must be .yaml, .yml or .json, got {path}")
+            values = yaml.safe_load(text) or {}
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is one
+        raise UserError(f"config file {path} is unreadable: {error}") from None
+    except Exception as error:  # yaml.YAMLError, imported lazily
+        if type(error).__module__.split(".")[0] != "yaml":
+            raise
+        raise UserError(f"config file {path} is not valid YAML: {error}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"config file {path} must hold a mapping, got {type(values).__name__}")
-    return {key.replace("-", "_"): value for key, value in values.items()}
+        raise UserError(f"config file {path} must hold a mapping, got {type(values).__name__}")
+    return {str(key).replace("-", "_"): value for key, value in values.items()}
+
+
+def config_value(name: str, value, annotation, choices: tuple | None, path: Path):
+    """A config file's ``value`` for field ``name`` as the flag's type would give it; a
+    string is parsed as on the command line (YAML reads ``1e-4`` as a string)."""
+    where = f"{name}: {value!r} in config file {path}"
+    if isinstance(value, str) and annotation not in (str, str | None):
+        try:
+            value = _parser_type(annotation)(value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            raise UserError(f"{where} is not a {_type_name(annotation)}") from None
+    kinds = _accepted_types(annotation)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise UserError(f"{where} must be a {_type_name(annotation)}")
+    if choices is not None and value not in choices:
+        raise UserError(f"{where} must be one of {', '.join(map(str, filter(None, choices)))}")
+    if isinstance(value, int) and float in kinds and int not in kinds:
+        value = float(value)
+    return Path(value) if Path in kinds and isinstance(value, str) else value
+
+
+def _accepted_types(annotation) -> tuple[type, ...]:
+    args = typing.get_args(annotation) or (annotation,)
+    kinds = {type(None) if a is type(None) else a for a in args}
+    if float in kinds:
+        kinds.add(int)  # 1 is a float value too
+    if Path in kinds:
+        kinds.add(str)
+    return tuple(kinds)
+
+
+def _type_name(annotation) -> str:
+    args = typing.get_args(annotation) or (annotation,)
+    (kind,) = [a for a in args if a is not type(None)]
+    words = {int: "integer", float: "number", bool: "boolean (true/false)", str: "string"}
+    return words.get(kind, kind.__name__) + (" or null" if type(None) in args else "")
 
 
 def parse_options(cls, description: str, argv: list[str] | None = None):
@@ -191,16 +237,21 @@ def parse_options(cls, description: str, argv: list[str] | None = None):
         )
     args = vars(parser.parse_args(argv))
     dry_run = args.pop("dry_run")
-    values = load_config_file(args.pop("config")) if args.get("config") else {}
-    args.pop("config", None)
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        parser.error(f"unknown option(s) in the config file: {', '.join(unknown)}")
-    values.update(args)
-    try:
-        return cls(**values), dry_run
-    except (TypeError, ValueError) as error:
-        parser.error(str(error))
+    config = args.pop("config", None)
+    try:  # a bad config file or value: one line and exit code 2, as a bad flag
+        values = load_config_file(config) if config else {}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise UserError(f"unknown option(s) in config file {config}: {', '.join(unknown)}")
+        values = {
+            name: config_value(
+                name, value, hints[name], fields[name].metadata.get("choices"), config
+            )
+            for name, value in values.items()
+        }
+        return cls(**{**values, **args}), dry_run
+    except UserError as error:  # a value out of range, or options that do not go together
+        parser.error(" ".join(str(error).split()))
 
 
 def to_dict(options) -> dict:
@@ -225,21 +276,19 @@ def add_device_arguments(parser: argparse.ArgumentParser, grid_backend: bool = T
         )
 
 
-# What an error in the user's input raises: a path that is not there or not what it should
-# be, a value out of range, data that cannot be read.
-USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError)
-
-
 @contextlib.contextmanager
 def user_errors():
-    """Inside the block, an error in the user's input (an option, a path, the data) ends
-    the program with one line on stderr, ``<script>: error: <message>``, and exit code 2,
-    as argparse's usage errors, instead of a traceback."""
+    """Inside the block, a :class:`~models.errors.ReportedError` (the user's input at fault:
+    an option, a path, the data, a checkpoint, the disk; or a diverged run) ends the program
+    with one line on stderr, ``<script>: error: <message>``, and the error's exit code (2
+    for input, as argparse's usage errors). Any other exception is a bug: its traceback
+    stays."""
     try:
         yield
-    except USER_ERRORS as error:
-        print(f"{Path(sys.argv[0]).name}: error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+    except ReportedError as error:
+        message = " ".join(str(error).split())  # one line, whatever the message holds
+        print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(error.exit_code) from None
 
 
 def exits_on_user_error(main):
