@@ -162,3 +162,23 @@ def test_float_images_in_0_1_keep_their_brightness():
     assert rgb.shape == (4, 4, 3) and abs(int(rgb[0, 0, 0]) - 127) <= 1
     with pytest.raises(ValueError, match="non-finite"):
         to_rgb(Image.fromarray(np.full((4, 4), np.nan, dtype=np.float32), "F"))
+
+
+def test_a_fake_or_foreign_lmdb_is_one_user_error(tmp_path):
+    lmdb = pytest.importorskip("lmdb")
+    from models.errors import UserError
+    from train.core.data import build_dataset
+
+    fake = tmp_path / "photos.lmdb"
+    fake.write_bytes(b"not an LMDB database at all" * 100)
+    with pytest.raises(UserError, match=rf"{fake} is not a readable LMDB database"):
+        build_dataset(str(fake), "train", 32)
+    foreign = tmp_path / "foreign.lmdb"  # a real LMDB whose records are not images
+    with lmdb.open(str(foreign), map_size=1 << 20) as env, env.begin(write=True) as txn:
+        txn.put(b"0", b"{'a': 1}")
+    with pytest.raises(UserError, match=r"record b'0' is not an image"):
+        build_dataset(str(foreign), "train", 32)
+    (tmp_path / "empty.lmdb").mkdir()
+    lmdb.open(str(tmp_path / "empty.lmdb"), map_size=1 << 20).close()
+    with pytest.raises(UserError, match="holds no images"):
+        build_dataset(str(tmp_path / "empty.lmdb"), "train", 32)

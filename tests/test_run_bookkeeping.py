@@ -126,13 +126,18 @@ def test_resume_auto_falls_back_past_a_damaged_checkpoint(tmp_path, kind, caplog
         resume_path("auto", tmp_path)
 
 
-def test_a_resume_with_a_lower_lr_trains_with_it_and_records_it(tmp_path):
+def test_a_resume_with_changed_options_trains_with_them_and_records_them(tmp_path):
     import torch
 
     run(tmp_path, "--max-steps", "1", *QUICK)
     saved = json.loads((checkpoint.latest_checkpoint(tmp_path) / "options.json").read_text())["lr"]
-    resumed = run(tmp_path, "--max-steps", "2", *QUICK, "--lr", str(saved / 4))
+    changed = ["--batch-size", "2", "--ema-decay", "0.99"]
+    resumed = run(tmp_path, "--max-steps", "2", *QUICK, "--lr", str(saved / 4), *changed)
     assert f"--lr {saved / 4:g} applied (the checkpoint trained with {saved:g})" in resumed.stderr
+    applied = "applied from here on: --batch-size 2 (was 4), --ema-decay 0.99 (was 0.999)"
+    assert applied in resumed.stderr, resumed.stderr[-3000:]
+    recorded = json.loads((tmp_path / "options.json").read_text())
+    assert (recorded["batch_size"], recorded["ema_decay"]) == (2, 0.99)
     latest = checkpoint.latest_checkpoint(tmp_path)
     state = torch.load(latest / checkpoint.STATE_FILE, weights_only=True)
     assert state["scheduler"]["base_lrs"] == [pytest.approx(saved / 4)]
@@ -155,3 +160,46 @@ def test_stage_2_resumes_only_on_its_autoencoder_and_replaced_images_are_re_enco
     before = data_identity(str(folder), "train")
     Image.new("RGB", (16, 16), (255, 0, 0)).save(folder / "0.png")  # replaced, same name
     assert data_identity(str(folder), "train") != before
+
+
+class OneProcess:
+    """What ``save_checkpoint`` asks of an accelerator, for one process."""
+
+    is_main_process, process_index = True, 0
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_leaves_no_partial_folder(tmp_path, monkeypatch):
+    import torch
+
+    from models.errors import UserError
+
+    intact = fake_checkpoint(tmp_path, 1)
+    real_write = checkpoint.write_file
+
+    def full_disk(path, data):  # the kernel's own ENOSPC: /dev/full accepts nothing
+        real_write("/dev/full" if path.name == checkpoint.STATE_FILE else path, data)
+
+    monkeypatch.setattr(checkpoint, "write_file", full_disk)
+    net = {"discriminator": torch.nn.Linear(4, 4)}
+    final = checkpoint.checkpoint_dir(tmp_path, 2)
+    with pytest.raises(UserError, match=rf"no space left on device while saving to {final} "):
+        checkpoint.save_checkpoint(tmp_path, 2, OneProcess(), net, {}, {"lr": 1.0}, 3)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [intact.name]
+    assert checkpoint.damage(intact) is None and checkpoint.latest_checkpoint(tmp_path) == intact
+    monkeypatch.setattr(checkpoint, "write_file", real_write)  # space freed: the save works
+    checkpoint.save_checkpoint(tmp_path, 2, OneProcess(), net, {}, {"lr": 1.0}, 3)
+    assert checkpoint.latest_checkpoint(tmp_path) == final and checkpoint.damage(final) is None
+
+
+def test_a_resume_with_another_seed_is_refused_naming_the_saved_one(tmp_path):
+    from models.errors import UserError
+    from train.ae import AEOptions
+
+    folder = fake_checkpoint(tmp_path, 1)
+    (folder / "options.json").write_text(json.dumps({"seed": 0, "gan": "nonsaturating-r1"}))
+    checkpoint.check_saved_options(folder, AEOptions(seed=0), AEOptions.RESUME_FIXED)
+    with pytest.raises(UserError, match=r"trained with --seed 0 \(this run asks for 5\)"):
+        checkpoint.check_saved_options(folder, AEOptions(seed=5), AEOptions.RESUME_FIXED)

@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from models import BRICSAutoencoder, get_preset
+from models.errors import UserError
 from tests.helpers import run_script
 from train.core.checkpoint import find_autoencoder, latest_checkpoint, load_checkpoint
 from train.core.codes import load_or_encode
@@ -162,6 +163,17 @@ def test_stale_code_cache_is_detected_and_reencoded(tmp_path, caplog):
         second = load_or_encode(folders[1], "embedded", "val", cache, 64, "cpu", "torch")
     assert "stale" in caplog.text
     assert not torch.equal(first, second)
+    cache.write_bytes(cache.read_bytes()[:-100])  # a damaged cache is encoded again
+    with caplog.at_level(logging.WARNING):
+        again = load_or_encode(folders[1], "embedded", "val", cache, 64, "cpu", "torch")
+    assert f"code cache {cache} is damaged" in caplog.text and torch.equal(again, second)
+    weights = folders[1] / "model.safetensors"  # a damaged autoencoder: one user error
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(UserError, match=rf"{weights} is damaged"):
+        load_or_encode(folders[1], "embedded", "val", cache, 64, "cpu", "torch")
+    (folders[1] / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"config.json is damaged"):
+        BRICSAutoencoder.load_config(folders[1])
 
 
 def test_diffusion_dry_run_and_bad_flags(tmp_path):

@@ -139,7 +139,6 @@ def make_accelerator(options: RunOptions) -> Accelerator:
         log_with="tensorboard",
         project_dir=str(options.output_dir),
     )
-    check_grid_backend(options.grid_backend, accelerator.device)
     if options.deterministic:
         torch.use_deterministic_algorithms(True)
     if accelerator.device.type == "cpu":
@@ -170,7 +169,8 @@ def launch(stage_class: type[Stage], options: RunOptions, dry_run: bool, resolve
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     with user_errors():  # bad input (exit 2) or a diverged run (exit 3): one line
-        check_output_dir(options.output_dir)
+        check_output_dir(options.output_dir)  # before anything is built or read
+        check_grid_backend(options.grid_backend, "cuda" if torch.cuda.is_available() else "cpu")
         train(stage_class(options))
     return 0
 
@@ -187,16 +187,17 @@ def check_output_dir(run_dir: Path) -> None:
         raise UserError(f"--output-dir {run_dir} is not writable")
 
 
-def check_grid_backend(backend: str, device: torch.device) -> None:
-    """Refuse at start a ``--grid-backend triton`` that cannot run here."""
+def check_grid_backend(backend: str, device: str) -> None:
+    """Refuse at start a ``--grid-backend triton`` that cannot run on ``device`` (the
+    accelerator's: CUDA when there is a GPU)."""
     if backend != "triton":
         return
     if reason := grid_ops.triton_missing():
         raise UserError(f"--grid-backend triton: {reason}")
-    if device.type != "cuda" and not grid_ops.INTERPRET:
+    if device != "cuda" and not grid_ops.INTERPRET:
         raise UserError(
-            f"--grid-backend triton needs a CUDA GPU, and this run is on {device.type} (or "
-            "Triton's interpreter: TRITON_INTERPRET=1, slow); use --grid-backend auto or cpu"
+            "--grid-backend triton needs a CUDA GPU (or Triton's interpreter, TRITON_INTERPRET=1,"
+            f" slow) and this run is on the {device}: use --grid-backend auto or cpu"
         )
 
 

@@ -181,10 +181,10 @@ def config_value(name: str, value, annotation, choices: tuple | None, path: Path
         try:
             value = _parser_type(annotation)(value)
         except (TypeError, ValueError, argparse.ArgumentTypeError):
-            raise UserError(f"{where} is not a {_type_name(annotation)}") from None
+            raise UserError(f"{where} is not {_type_name(annotation)}") from None
     kinds = _accepted_types(annotation)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise UserError(f"{where} must be a {_type_name(annotation)}")
+        raise UserError(f"{where} must be {_type_name(annotation)}")
     if choices is not None and value not in choices:
         raise UserError(f"{where} must be one of {', '.join(map(str, filter(None, choices)))}")
     if isinstance(value, int) and float in kinds and int not in kinds:
@@ -205,8 +205,8 @@ def _accepted_types(annotation) -> tuple[type, ...]:
 def _type_name(annotation) -> str:
     args = typing.get_args(annotation) or (annotation,)
     (kind,) = [a for a in args if a is not type(None)]
-    words = {int: "integer", float: "number", bool: "boolean (true/false)", str: "string"}
-    return words.get(kind, kind.__name__) + (" or null" if type(None) in args else "")
+    words = {int: "an integer", float: "a number", bool: "a boolean (true/false)", str: "a string"}
+    return words.get(kind, "a path") + (" or null" if type(None) in args else "")
 
 
 def parse_options(cls, description: str, argv: list[str] | None = None):
