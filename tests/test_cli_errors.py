@@ -126,3 +126,16 @@ def test_the_triton_grid_backend_without_a_gpu_is_refused_at_start(tmp_path, cap
     assert exit_.value.code == 2
     assert "--grid-backend triton needs a CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_device_that_is_not_here_is_refused_when_parsed(monkeypatch):
+    import argparse
+
+    from train.core.options import parse_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert parse_device("cpu") == "cpu"
+    with pytest.raises(argparse.ArgumentTypeError, match="cuda:1: this machine has no CUDA GPU"):
+        parse_device("cuda:1")
+    with pytest.raises(argparse.ArgumentTypeError, match="not a torch device: 'gpu0'"):
+        parse_device("gpu0")

@@ -261,12 +261,25 @@ def to_dict(options) -> dict:
     }
 
 
+def parse_device(text: str) -> str:
+    """A ``--device`` that exists here (``cuda`` needs a GPU), refused when parsed."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA GPU")
+    return text
+
+
 def add_device_arguments(parser: argparse.ArgumentParser, grid_backend: bool = True) -> None:
     """``--device`` (default CUDA when available) and, for models with grids, ``--grid-backend``."""
     import torch
 
     default = "cuda" if torch.cuda.is_available() else "cpu"
-    parser.add_argument("--device", default=default, help="torch device")
+    parser.add_argument("--device", default=default, type=parse_device, help="torch device")
     if grid_backend:
         parser.add_argument(
             "--grid-backend",
