@@ -39,7 +39,6 @@ from itertools import groupby
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from .cpu_runtime import BUFFERS, in_background
 from .levels import META_MASK, META_OFFSET, META_SIZE, META_STRIDES, GridConfig, level_table
@@ -496,16 +495,34 @@ class _GridEncodeBackward(torch.autograd.Function):
         )
 
     @staticmethod
-    @once_differentiable  # third-order gradients raise instead of returning wrong values
     def backward(ctx, hx, hparams):
         from .cpu_second_order import double_backward
 
         dy, x, params = ctx.saved_tensors
         need_ddy, need_dx, need_dparams = ctx.needs_input_grad[:3]
-        grads = double_backward(
-            hx, hparams, dy, x, params, ctx.geo, need_ddy, need_dx, need_dparams
-        )
+        with torch.no_grad():
+            grads = double_backward(
+                hx, hparams, dy, x, params, ctx.geo, need_ddy, need_dx, need_dparams
+            )
+        if torch.is_grad_enabled():  # create_graph: a third derivative may follow
+            grads = _NoThirdOrder.apply(dy, x, params, hx, hparams, *grads)
         return *grads, None, None, None, None
+
+
+class _NoThirdOrder(torch.autograd.Function):
+    """The double backward's results, tied to its inputs so that differentiating them
+    reaches this node and raises (third order is the reference's alone, docs/grids.md §2)."""
+
+    @staticmethod
+    def forward(ctx, dy, x, params, hx, hparams, *grads):
+        return tuple(g if g is None else g.view_as(g) for g in grads)
+
+    @staticmethod
+    def backward(ctx, *upstream):
+        raise RuntimeError(
+            "gridcodes' CPU backend differentiates a lookup twice, not three times: use "
+            "backend='torch' for third-order gradients"
+        )
 
 
 FEATURE_ROW = {8: torch.float64, 16: torch.complex128}  # bytes per row -> one element
