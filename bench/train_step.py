@@ -48,7 +48,7 @@ def build_stage(spec: dict, out_dir: Path):
     import torch
 
     from models.losses import build_perceptual_loss
-    from models.recipes import ae_recipe
+    from models.presets import ae_recipe
     from train.ae import AEOptions, AutoencoderStage
 
     fields = {

@@ -32,7 +32,6 @@ fewer times, smaller ones bound the temporaries. The large buffers are recycled 
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from itertools import groupby
@@ -399,46 +398,27 @@ def _scatter_sources(weights: torch.Tensor, dy: torch.Tensor) -> list:
     return sources
 
 
-class _GridEncode(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, params, geo: Geometry):
-        dtype = compute_dtype(params)
-        n, groups, _ = x.shape
-        n_features = params.shape[-1]
-        n_levels, n_corners = geo.corner_offsets.shape[0], geo.corner_offsets.shape[-1]
-        entries = params.detach().to(dtype).reshape(-1, n_features)  # the forward-only bags
-        out = torch.empty(n, groups, n_levels, n_features, dtype=dtype, device=x.device)
-        keep = any(ctx.needs_input_grad[:2])
-        chunks = []
-        for start, stop in _chunks(n, groups * n_levels * n_corners):
-            rows, factors, ds_df = _corners(x[start:stop], dtype, geo)
-            w = _weights(factors)
-            bags = _bags(rows.view(-1, n_corners), entries, w)
-            _copy_rows(
-                out[start:stop], bags.view(n_levels, -1, groups, n_features).permute(1, 2, 0, 3)
-            )
-            if keep:
-                chunks.append(_Chunk(start, stop, rows, w, factors, ds_df))
-            else:
-                BUFFERS.give((rows, w, factors))
-        ctx.save_for_backward(x, params)
-        ctx.geo, ctx.chunks = geo, chunks
-        # The chunks' buffers go back when the graph is freed (after the backward, or never
-        # run): not in the backward, which retain_graph may run again.
-        if chunks:
-            kept = [t for c in chunks for t in (c.rows, c.weights, c.factors)]
-            weakref.finalize(ctx, BUFFERS.give, kept)
-        return out.view(n, groups, n_levels * n_features).to(params.dtype)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, params = ctx.saved_tensors
-        need_dx, need_dparams = ctx.needs_input_grad[:2]
-        # A Function of its own, so that the backward is differentiable (second order).
-        dx, dtable = _GridEncodeBackward.apply(
-            dy, x, params, ctx.geo, ctx.chunks, need_dx, need_dparams
-        )
-        return (dx if need_dx else None), (dtable if need_dparams else None), None
+def lookup(x, params, geo: Geometry, keep: bool):
+    """Features (N, G, L * F) in params' dtype of ``x`` (N, G, d), and, with ``keep``, the
+    chunks (rows, weights, factor pairs) the backward reuses; their buffers go back to
+    ``BUFFERS`` when the caller is done with them."""
+    dtype = compute_dtype(params)
+    n, groups, _ = x.shape
+    n_features = params.shape[-1]
+    n_levels, n_corners = geo.corner_offsets.shape[0], geo.corner_offsets.shape[-1]
+    entries = params.detach().to(dtype).reshape(-1, n_features)  # the forward-only bags
+    out = torch.empty(n, groups, n_levels, n_features, dtype=dtype, device=x.device)
+    chunks = []
+    for start, stop in _chunks(n, groups * n_levels * n_corners):
+        rows, factors, ds_df = _corners(x[start:stop], dtype, geo)
+        w = _weights(factors)
+        bags = _bags(rows.view(-1, n_corners), entries, w)
+        _copy_rows(out[start:stop], bags.view(n_levels, -1, groups, n_features).permute(1, 2, 0, 3))
+        if keep:
+            chunks.append(_Chunk(start, stop, rows, w, factors, ds_df))
+        else:
+            BUFFERS.give((rows, w, factors))
+    return out.view(n, groups, n_levels * n_features).to(params.dtype), chunks
 
 
 def first_backward(dy, x, params, geo: Geometry, chunks: list, need_dx: bool, need_dparams: bool):
@@ -479,59 +459,13 @@ def first_backward(dy, x, params, geo: Geometry, chunks: list, need_dx: bool, ne
     return dx, dtable
 
 
-class _GridEncodeBackward(torch.autograd.Function):
-    """The backward as a function of (dL/dy, x, params): its own backward is the double
-    backward (``cpu_second_order``); differentiating that raises."""
-
-    @staticmethod
-    def forward(ctx, dy, x, params, geo: Geometry, chunks, need_dx, need_dparams):
-        ctx.save_for_backward(dy, x, params)
-        ctx.geo = geo
-        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None
-        dx, dtable = first_backward(dy, x, params, geo, chunks, need_dx, need_dparams)
-        # Empty tensors stand for the gradients not asked for.
-        return (x.new_empty(0) if dx is None else dx), (
-            params.new_empty(0) if dtable is None else dtable
-        )
-
-    @staticmethod
-    def backward(ctx, hx, hparams):
-        from .cpu_second_order import double_backward
-
-        dy, x, params = ctx.saved_tensors
-        need_ddy, need_dx, need_dparams = ctx.needs_input_grad[:3]
-        with torch.no_grad():
-            grads = double_backward(
-                hx, hparams, dy, x, params, ctx.geo, need_ddy, need_dx, need_dparams
-            )
-        if torch.is_grad_enabled():  # create_graph: a third derivative may follow
-            grads = _NoThirdOrder.apply(dy, x, params, hx, hparams, *grads)
-        return *grads, None, None, None, None
-
-
-class _NoThirdOrder(torch.autograd.Function):
-    """The double backward's results, tied to its inputs so that differentiating them
-    reaches this node and raises (third order is the reference's alone, docs/grids.md §2)."""
-
-    @staticmethod
-    def forward(ctx, dy, x, params, hx, hparams, *grads):
-        return tuple(g if g is None else g.view_as(g) for g in grads)
-
-    @staticmethod
-    def backward(ctx, *upstream):
-        raise RuntimeError(
-            "gridcodes' CPU backend differentiates a lookup twice, not three times: use "
-            "backend='torch' for third-order gradients"
-        )
-
-
 FEATURE_ROW = {8: torch.float64, 16: torch.complex128}  # bytes per row -> one element
 
 
 def _feature_rows(t: torch.Tensor) -> torch.Tensor:
     """``t`` (..., F) viewed with each row of F features as one 8- or 16-byte element
     (..., 1) where its size and strides allow, else ``t``: a permuting copy then moves whole
-    rows, 4-10x faster than F separate values (ATen, 2-core VM, 2026-11-30)."""
+    rows, several times faster than F separate values (bench/results/cpu_notes.md)."""
     n_features, wide = t.shape[-1], FEATURE_ROW.get(t.shape[-1] * t.element_size())
     aligned = t.stride(-1) == 1 and t.storage_offset() % n_features == 0
     if wide is None or not aligned or any(s % n_features for s in t.stride()[:-1]):
@@ -566,12 +500,6 @@ def _chunks(n: int, contributions_per_point: int):
     step = max(1, CHUNK_CONTRIBUTIONS // contributions_per_point)
     for start in range(0, n, step):
         yield start, min(n, start + step)
-
-
-@torch.compiler.disable  # a graph break: chunk loops and embedding_bag stay eager
-def grid_encode_cpu(x: torch.Tensor, params: torch.Tensor, geo: Geometry) -> torch.Tensor:
-    """Lookup of ``x`` (N, G, d) in ``params`` (G, n_entries, F): (N, G, L * F), params' dtype."""
-    return _GridEncode.apply(x, params, geo)
 
 
 @torch.no_grad()

@@ -99,8 +99,7 @@ def in_background(tasks: list) -> Callable[[], None]:
     and open no OpenMP region. A parallel op on a worker thread would give that thread an
     OpenMP team of its own, and with more OpenMP threads than cores libgomp stops spinning
     between parallel regions, for the whole process: every later op then pays for waking
-    its team (80 ms of a 520 ms small-64 training step on a 2-core VM, 2026-11-30, when
-    this backend's dL/dx bags ran on worker threads).
+    its team (measured: bench/results/cpu_notes.md, "Measurements behind the code").
     """
     if torch.get_num_threads() <= 1:
         for task in tasks:

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from . import cpu, ops, usage
+from . import cpu, cpu_autograd, ops, usage
 from .levels import GridConfig, level_table
 from .reference import compute_dtype, grid_encode_reference
 
@@ -218,7 +218,7 @@ class MultiResGrid(nn.Module):
         backend = self.resolved_backend(x.device)
         if backend == "cpu":
             self._check_cpu_device(x)
-            y = cpu.grid_encode_cpu(flat, params, self._geometry(x.device, params.dtype))
+            y = cpu_autograd.grid_encode_cpu(flat, params, self._geometry(x.device, params.dtype))
         elif backend == "triton":
             self._check_triton_device(x)
             deterministic = self.deterministic or torch.are_deterministic_algorithms_enabled()

@@ -1,7 +1,7 @@
 """BRICS models (Yang et al. 2023, arXiv 2305.18601) built on gridcodes."""
 
 from .autoencoder import AutoencoderOutput, BRICSAutoencoder
-from .config import DEFAULT_PRESET, PRESETS, BRICSConfig, get_preset
+from .config import BRICSConfig
 from .discriminator import Discriminator
 from .losses import (
     LossConfig,
@@ -11,6 +11,7 @@ from .losses import (
     generator_loss,
 )
 from .optim import build_optimizers
+from .presets import DEFAULT_PRESET, PRESETS, get_preset
 
 __all__ = [
     "DEFAULT_PRESET",

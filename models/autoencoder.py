@@ -29,7 +29,7 @@ class BRICSAutoencoder(PretrainedMixin, nn.Module):
     """BRICS (Yang et al. 2023): images in [-1, 1] <-> key codes in [0, 1].
 
     Args:
-        config: the model's hyper-parameters (see :mod:`models.config` for presets).
+        config: the model's hyper-parameters (see :mod:`models.presets` for presets).
         grid_backend: backend of the feature grids, ``"auto"``, ``"triton"``, ``"cpu"`` or
             ``"torch"`` (see :class:`gridcodes.MultiResGrid`).
     """

@@ -6,7 +6,6 @@ tiled key code of size Hd x Wd, feature block of Cd channels, Nr grid levels of 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -159,72 +158,3 @@ class BRICSConfig(ConfigMixin):
 
 def _is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
-
-
-# The paper text's grid geometry (App. A.1): r_min 4, r_max 32 if Hz <= 32 else 64.
-TEXT_GRID = {"base_resolution": 4, "max_resolution": None, "grid_resolution_rule": "text"}
-# The CPU presets keep the first release's decoder (no extra conv, channels relative to Hd).
-SMALL_DECODER = {"decoder_channel_rule": "relative", "decoder_extra_conv": False}
-
-PRESETS: dict[str, BRICSConfig] = {
-    # Table 2/3, LSUN-Church 256^2 (the default is 64x64x4). Grid geometry: r_max 64 and the
-    # r_min that reproduces the paper's grid parameter counts (bench/results/complexity.md):
-    # 16 for 64x64 codes, 4 for 32x32 and 16x16 codes.
-    "church-64x64x4": BRICSConfig(),
-    "church-32x32x4": BRICSConfig(code_size=32, code_channels=4, base_resolution=4),
-    "church-32x32x8": BRICSConfig(code_size=32, code_channels=8, base_resolution=4),
-    # Table 2/3, FFHQ 256^2
-    "ffhq-16x16x8": BRICSConfig(code_size=16, code_channels=8, base_resolution=4),
-    "ffhq-16x16x16": BRICSConfig(code_size=16, code_channels=16, base_resolution=4),
-    # Table 7: Ckey = 2 (two groups of 4-D grids)
-    "church-64x64x4-ckey2": BRICSConfig(key_length=2),
-    # Table 8: Hd = Wd = 32
-    "church-32x32x8-hd32": BRICSConfig(
-        code_size=32, code_channels=8, tile_size=32, base_resolution=4
-    ),
-    # The default preset with the paper text's grid geometry (App. A.1)
-    "church-64x64x4-text-grid": BRICSConfig(**TEXT_GRID),
-    # App. K: hashed grids with a smaller table (2^14 .. 2^18)
-    "church-64x64x4-hash14": BRICSConfig(grid_type="hash", log2_table_size=14),
-    # App. A.4: KL-regularised key codes instead of relaxed precision
-    "church-64x64x4-kl": BRICSConfig(key_regularization="kl"),
-    # Small presets that train in minutes on a CPU
-    "small-64": BRICSConfig(
-        image_size=64,
-        code_size=16,
-        code_channels=4,
-        tile_size=32,
-        decoder_channels=128,
-        log2_table_size=14,
-        encoder_res_blocks=1,
-        mapping_layers=2,
-        disc_channels=32,
-        disc_max_channels=128,
-        **TEXT_GRID,
-        **SMALL_DECODER,
-    ),
-    "tiny-32": BRICSConfig(
-        image_size=32,
-        code_size=8,
-        code_channels=4,
-        tile_size=16,
-        decoder_channels=64,
-        n_levels=8,
-        log2_table_size=12,
-        encoder_res_blocks=1,
-        mlp_hidden=32,
-        mapping_layers=2,
-        disc_channels=32,
-        disc_max_channels=64,
-        **TEXT_GRID,
-        **SMALL_DECODER,
-    ),
-}
-DEFAULT_PRESET = "church-64x64x4"
-
-
-def get_preset(name: str, **overrides) -> BRICSConfig:
-    """The preset ``name``, with fields replaced by ``overrides``."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
-    return dataclasses.replace(PRESETS[name], **overrides)

@@ -26,6 +26,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from . import precision
+
 # Blocks of no_weight_gradients open. Process-wide, not thread- or context-local: on CUDA
 # the autograd engine runs backward nodes on a thread of its own per device, where a
 # contextvar set by the caller is not seen.
@@ -75,22 +77,10 @@ def _input_grad(grad: torch.Tensor, weight: torch.Tensor, size, stride: int, pad
     return F.conv_transpose2d(grad, weight, None, stride, padding, extra)
 
 
-def autocast_inputs(*tensors):
-    """``tensors`` in autocast's dtype where autocast is on for their device (the saved
-    tensors and every derivative then run in it), and a context that turns autocast off."""
-    device = tensors[0].device.type
-    if not torch.amp.is_autocast_available(device):
-        return tensors, contextlib.nullcontext()
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        tensors = tuple(t if t is None else t.to(dtype) for t in tensors)
-    return tensors, torch.autocast(device, enabled=False)
-
-
 class Conv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride: int, padding: int):
-        (x, weight, bias), no_autocast = autocast_inputs(x, weight, bias)
+        (x, weight, bias), no_autocast = precision.compute_dtype(x, weight, bias)
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
         with no_autocast:

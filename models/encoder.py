@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import precision
+
 # Channel multipliers by number of downsamplings, as the public VQGAN / LDM configs
 # (f4: (1, 2, 4), f8: (1, 2, 2, 4), f16: (1, 1, 2, 2, 4)).
 CHANNEL_MULTIPLIERS = {
@@ -34,13 +36,9 @@ class GroupNorm(nn.GroupNorm):
     autocast it runs in float32 on every device, as CUDA's autocast runs ``group_norm``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        device = x.device.type
-        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-            with torch.autocast(device, enabled=False):
-                return _GroupNorm.apply(
-                    x.float(), self.weight.float(), self.bias.float(), self.num_groups, self.eps
-                )
-        return _GroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)
+        (x, weight, bias), no_autocast = precision.float32(x, self.weight, self.bias)
+        with no_autocast:
+            return _GroupNorm.apply(x, weight, bias, self.num_groups, self.eps)
 
 
 class _GroupNorm(torch.autograd.Function):

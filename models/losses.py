@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +27,6 @@ from .backbones import ALEXNET_URL, VGG16_URL, imagenet_normalize, require_backb
 from .convolution import no_weight_gradients
 
 PERCEPTUAL = ("lpips", "vgg", "none")
-GAN_LOSSES = ("wgan-gp", "nonsaturating-r1")
-
-
-# The penalty's interval when none is given: the authors' lazy R1 (training/loss.py with
-# D_reg_interval 16) and the text's every-step WGAN-GP.
-DEFAULT_REG_INTERVAL = {"nonsaturating-r1": 16, "wgan-gp": 1}
 
 
 @dataclass(frozen=True)
@@ -51,9 +47,9 @@ class LossConfig:
         if self.perceptual not in PERCEPTUAL:
             raise ValueError(f"perceptual must be one of {PERCEPTUAL}, got {self.perceptual!r}")
         if self.gan not in GAN_LOSSES:
-            raise ValueError(f"gan must be one of {GAN_LOSSES}, got {self.gan!r}")
+            raise ValueError(f"gan must be one of {tuple(GAN_LOSSES)}, got {self.gan!r}")
         if self.reg_interval is None:
-            object.__setattr__(self, "reg_interval", DEFAULT_REG_INTERVAL[self.gan])
+            object.__setattr__(self, "reg_interval", GAN_LOSSES[self.gan].default_interval)
         if self.reg_interval < 1:
             raise ValueError(f"reg_interval must be >= 1, got {self.reg_interval}")
 
@@ -66,6 +62,11 @@ class LossConfig:
     def regularised(self, step: int) -> bool:
         """Whether step ``step`` runs the penalty."""
         return step % self.reg_interval == 0
+
+    @property
+    def gan_loss(self) -> GanLoss:
+        """The adversarial loss ``gan`` names, with its penalty weight."""
+        return GAN_LOSSES[self.gan](self)
 
 
 class LPIPSLoss(nn.Module):
@@ -216,6 +217,88 @@ def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return kl.mean()
 
 
+# --- the adversarial losses, one class each --------------------------------------------------
+class GanLoss(ABC):
+    """One adversarial loss: the generator's term, D's term and D's gradient penalty, run in
+    D's update (``reg_interval`` 1) or as lazy regularisation's own update. A new loss is a
+    subclass here and an entry of :data:`GAN_LOSSES`."""
+
+    penalty_name: ClassVar[str]  # the penalty's name among the logged terms
+    default_interval: ClassVar[int]  # the penalty's interval when the config gives none
+    penalty_on_real: ClassVar[bool] = False  # the penalty differentiates D's pass over reals
+
+    def __init__(self, config: LossConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def generator(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        """The generator's loss on D's logits of its images."""
+
+    @abstractmethod
+    def discriminator(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        """D's loss on its logits of real and generated images."""
+
+    @abstractmethod
+    def penalty(
+        self,
+        discriminator: nn.Module,
+        real: torch.Tensor,
+        fake: torch.Tensor,
+        real_logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The unweighted penalty; ``real_logits``: D's pass over ``real`` (requiring grad)
+        to differentiate, when ``penalty_on_real`` and D has already run on it."""
+
+    @abstractmethod
+    def weighted(self, penalty: torch.Tensor, interval: int) -> torch.Tensor:
+        """The penalty's weighted term in an update run every ``interval`` D steps."""
+
+
+class NonSaturatingR1(GanLoss):
+    """The authors' code (StyleGAN2): non-saturating logistic loss, R1 penalty with weight
+    gamma / 2 on real images, lazily every 16 D steps (``D_reg_interval``)."""
+
+    penalty_name, default_interval, penalty_on_real = "r1", 16, True
+
+    def generator(self, fake_logits):
+        return nonsaturating_generator_loss(fake_logits)
+
+    def discriminator(self, real_logits, fake_logits):
+        return nonsaturating_discriminator_loss(real_logits, fake_logits)
+
+    def penalty(self, discriminator, real, fake, real_logits=None):
+        return r1_penalty(discriminator, real, real_logits)
+
+    def weighted(self, penalty, interval):
+        return self.config.r1_gamma / 2 * interval * penalty
+
+
+class WassersteinGP(GanLoss):
+    """The paper's text (App. A.3): the WGAN loss with the gradient penalty on random
+    interpolates of real and generated images, weight 4, every D step."""
+
+    penalty_name, default_interval = "gp", 1
+
+    def generator(self, fake_logits):
+        return wgan_generator_loss(fake_logits)
+
+    def discriminator(self, real_logits, fake_logits):
+        return wgan_discriminator_loss(real_logits, fake_logits)
+
+    def penalty(self, discriminator, real, fake, real_logits=None):
+        return gradient_penalty(discriminator, real, fake)
+
+    def weighted(self, penalty, interval):
+        return self.config.gp_weight * interval * penalty
+
+
+# The ``--gan`` choices, by name (saved in run options and checkpoints).
+GAN_LOSSES: dict[str, type[GanLoss]] = {
+    "wgan-gp": WassersteinGP,
+    "nonsaturating-r1": NonSaturatingR1,
+}
+
+
 # --- combined objectives -------------------------------------------------------------------
 def generator_loss(
     config: LossConfig,
@@ -235,8 +318,7 @@ def generator_loss(
         terms["perceptual"] = perceptual(rec, images)
         total = total + config.perceptual_weight * terms["perceptual"]
     if fake_logits is not None:
-        gan = wgan_generator_loss if config.gan == "wgan-gp" else nonsaturating_generator_loss
-        terms["gan_g"] = gan(fake_logits)
+        terms["gan_g"] = config.gan_loss.generator(fake_logits)
         total = total + config.gan_weight * terms["gan_g"]
     if output.mean is not None:
         terms["kl"] = kl_loss(output.mean, output.logvar)
@@ -265,24 +347,23 @@ def discriminator_loss(
     generator's pass, :func:`through_detached`); then D runs on ``real`` alone.
     """
     penalty = config.reg_interval == 1 if penalty is None else penalty
+    gan = config.gan_loss
     real = real.detach()
-    r1 = penalty and config.gan == "nonsaturating-r1"
-    if r1:
+    on_real = penalty and gan.penalty_on_real
+    if on_real:  # the penalty differentiates this pass over the real images
         real = real.requires_grad_(True)
     if fake_logits is not None:
         real_logits = discriminator(real)
     else:  # one D pass over both batches (minibatch statistics within each)
         both = discriminator(torch.cat([real, fake.detach()]), parts=2)
         real_logits, fake_logits = both.chunk(2)
-    if config.gan == "wgan-gp":
-        terms = {"gan_d": wgan_discriminator_loss(real_logits, fake_logits)}
-        if penalty:
-            terms["gp"] = gradient_penalty(discriminator, real, fake)
-    else:
-        terms = {"gan_d": nonsaturating_discriminator_loss(real_logits, fake_logits)}
-        if r1:
-            terms["r1"] = r1_penalty(discriminator, real, real_logits)
-    return terms["gan_d"] + _weighted_penalty(config, terms, 1), terms
+    terms = {"gan_d": gan.discriminator(real_logits, fake_logits)}
+    if not penalty:
+        return terms["gan_d"], terms
+    terms[gan.penalty_name] = gan.penalty(
+        discriminator, real, fake, real_logits if on_real else None
+    )
+    return terms["gan_d"] + gan.weighted(terms[gan.penalty_name], 1), terms
 
 
 def through_detached(logits: torch.Tensor, leaf: torch.Tensor, source: torch.Tensor):
@@ -325,15 +406,9 @@ def discriminator_penalty(
     zero or not, for each parameter. StyleGAN2-ADA adds 0 x D's logits for it, which runs
     D's whole backward on zeros; :func:`zero_gradients` goes to the parameters directly.
     """
-    if config.gan == "wgan-gp":
-        x = interpolates(real, fake)
-        logits = discriminator(x)
-        terms = {"gp": gradient_penalty(discriminator, real, fake, x, logits)}
-    else:
-        x = real.detach().requires_grad_(True)
-        logits = discriminator(x)
-        terms = {"r1": r1_penalty(discriminator, x, logits)}
-    total = _weighted_penalty(config, terms, config.reg_interval)
+    gan = config.gan_loss
+    terms = {gan.penalty_name: gan.penalty(discriminator, real, fake)}
+    total = gan.weighted(terms[gan.penalty_name], config.reg_interval)
     return total + zero_gradients(discriminator.parameters()), terms
 
 
@@ -354,14 +429,6 @@ class _ZeroGradients(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         zero = grad.new_zeros(())
         return tuple(zero.expand(shape) for shape in ctx.shapes)
-
-
-def _weighted_penalty(config: LossConfig, terms: dict, interval: int) -> torch.Tensor | float:
-    if "gp" in terms:
-        return config.gp_weight * interval * terms["gp"]
-    if "r1" in terms:
-        return config.r1_gamma / 2 * interval * terms["r1"]
-    return 0.0
 
 
 def resolve_perceptual_loss(kind: str) -> tuple[str, nn.Module | None]:

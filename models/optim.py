@@ -18,8 +18,8 @@ def build_optimizers(
 ) -> tuple[torch.optim.Adam, torch.optim.Adam | None]:
     """Adam(lr, betas (0, 0.99)) with eps 1e-15 for encoder, decoder and grids, 1e-8 for D.
 
-    Fused (one kernel over all parameters): on the CPU a quarter of the per-tensor loop's
-    time for the small-64 autoencoder (1.6 vs 6.2 ms per step, 2-core VM, 2026-11-30).
+    Fused (one kernel over all parameters): on the CPU too, faster than the per-tensor loop
+    (bench/results/cpu_notes.md, "Measurements behind the code").
 
     ``disc_reg_interval``: D's lazy regularisation interval k (lazy R1); as StyleGAN2 (and the
     authors' ``training/training_loop.py``), D's lr is then scaled by c = k / (k + 1) and its

@@ -4,15 +4,13 @@ A recipe bundles the learning rate, the batch and the duration. The batch counts
 per optimizer step over all processes and accumulation steps, and the duration counts
 optimizer steps, so a recipe trains on the same images whether it runs on 1 or 8 GPUs
 (each process then takes ``batch_size / (processes * accumulation)`` per micro-step).
-Stage 1 has one recipe per autoencoder preset (``models.config.PRESETS``); stage 2 one per
+Stage 1 has one recipe per autoencoder preset (``models.presets``); stage 2 one per
 UNet size, picked from the key-code size unless named.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from .config import PRESETS
 
 
 @dataclass(frozen=True)
@@ -24,18 +22,6 @@ class Recipe:
     gan_start: int | None = None  # stage 1: step at which the adversarial loss starts
 
 
-# Stage 1. App. A.2: Adam lr 2e-3; supp. B: batch 12 on one GPU. The paper states no step
-# count: the default is a short run, to be set with --max-steps. The authors' StyleGAN2 loss
-# applies the adversarial term from step 0.
-PAPER_AE = Recipe(lr=2e-3, batch_size=12, max_steps=800, gan_start=0)
-# The CPU presets: lr 5e-4 (held-out PSNR falls at 2e-3), 1000 steps (the measurements:
-# bench/results/cpu_notes.md). The GAN starts at 30000 as taming-transformers' VQGAN, i.e.
-# not within the default duration.
-CPU_AE = Recipe(lr=5e-4, batch_size=8, max_steps=1000, gan_start=30000)
-AE_RECIPES: dict[str, Recipe] = {
-    name: CPU_AE if name in ("small-64", "tiny-32") else PAPER_AE for name in PRESETS
-}
-
 # Stage 2. App. A.6: batch 64, lr 8e-4, 400k iterations (warm-up 10k, cosine decay over 1e6).
 # The CPU recipes train the small UNets for minutes on the codes of the CPU presets.
 DIFFUSION_RECIPES: dict[str, Recipe] = {
@@ -45,12 +31,6 @@ DIFFUSION_RECIPES: dict[str, Recipe] = {
 }
 # The UNet for key codes of each size (App. A.5: the paper's for 64x64 codes).
 RECIPE_FOR_CODE_SIZE = {64: "paper", 16: "small", 8: "tiny"}
-
-
-def ae_recipe(preset: str) -> Recipe:
-    if preset not in AE_RECIPES:
-        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(AE_RECIPES)}")
-    return AE_RECIPES[preset]
 
 
 def diffusion_recipe(name: str, code_size: int | None = None) -> Recipe:

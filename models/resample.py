@@ -13,8 +13,8 @@ A pass takes one of two forms, equal up to rounding (:data:`FORMS`):
 - ``"folded"``: channels folded into the batch, ``(B, C, H, W) -> (B * C, 1, H, W)``,
   against a single 4 x 4 filter: no grouped convolution. The form on CUDA.
 - ``"depthwise"``: one depthwise (``groups=C``) convolution. The form on the CPU, where
-  oneDNN runs single-channel convolutions 10-30x slower than depthwise ones (2-core VM,
-  2026-12-01: 52 vs 1.7 ms for a (8, 64, 64, 64) blur).
+  oneDNN runs single-channel convolutions an order of magnitude slower than depthwise ones
+  (bench/results/cpu_notes.md, "Measurements behind the code").
 
 :func:`fir_form` switches the form for a block of code (the op-count tests and benchmarks
 count the CUDA form on the CPU). Every pass returns the input's dtype, outside autocast
@@ -29,10 +29,11 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from . import precision
+
 TAPS = (1.0, 3.0, 3.0, 1.0)
 FORMS = ("folded", "depthwise")
 DEFAULT_FORMS = {"cuda": "folded"}  # any other device: "depthwise"
-LOW_PRECISION = (torch.bfloat16, torch.float16)
 _forced: list[str] = []
 
 
@@ -61,13 +62,10 @@ def _pass(x: torch.Tensor, kernel: torch.Tensor, transposed: bool, **conv) -> to
     b, c = x.shape[:2]
     form = _forced[-1] if _forced else DEFAULT_FORMS.get(x.device.type, "depthwise")
     op = F.conv_transpose2d if transposed else F.conv2d
-    with _autocast_off(x):
+    with precision.autocast_off(x.device.type):
         if form == "depthwise":
-            # oneDNN's bf16 depthwise transposed convolution is ~10x slower than its float32
-            # one (2-core Xeon with AMX, 2026-12-04: 213 vs 19 ms for a (2, 128, 128, 128)
-            # upsampling): that pass computes in float32, which also rounds once, not per tap
-            low = transposed and x.dtype in LOW_PRECISION
-            inputs = x.float() if low else x
+            dtype = precision.fir_dtype(x, transposed)
+            inputs = x if dtype == x.dtype else x.to(dtype)
             kernel = kernel.to(inputs.dtype).expand(c, 1, *kernel.shape[2:])
             return op(inputs, kernel, groups=c, **conv).to(x.dtype)
         y = op(x.reshape(b * c, 1, *x.shape[2:]), kernel.to(x.dtype), **conv)
@@ -132,12 +130,6 @@ def upsample_2x(x: torch.Tensor) -> torch.Tensor:
 
     Equal to inserting a zero after every sample, padding (2, 1) and :func:`blur`."""
     return FIRTranspose.apply(x, _kernel(x, 4.0), 2, 1, (0, 0))
-
-
-def _autocast_off(x: torch.Tensor):
-    device = x.device.type
-    available = torch.amp.is_autocast_available(device)
-    return torch.autocast(device, enabled=False) if available else contextlib.nullcontext()
 
 
 def _kernel(x: torch.Tensor, gain: float) -> torch.Tensor:

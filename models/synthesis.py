@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .convolution import autocast_inputs
+from . import precision
 from .layers import LRELU_GAIN, EqualLinear, equalized
 from .resample import blur, upsample_2x
 
@@ -136,7 +136,7 @@ class Demodulation(torch.autograd.Function):
         styles, weights = list(tensors[:n]), list(tensors[n:])
         squares = torch._foreach_mul(styles, styles)
         sums = [w2.sum(dim=(0, 3, 4)) for w2 in torch._foreach_mul(weights, weights)]
-        cast, no_autocast = autocast_inputs(*squares, *sums)  # the products in autocast's dtype
+        cast, no_autocast = precision.compute_dtype(*squares, *sums)  # the products
         squares, sums = list(cast[:n]), list(cast[n:])
         with no_autocast:
             u = torch._foreach_add([a @ b.T for a, b in zip(squares, sums)], 1e-8)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.recipes import ae_recipe
+from models.presets import ae_recipe
 from tests.helpers import run_script
 from train.core.checkpoint import (
     find_autoencoder,
@@ -260,7 +260,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import torch
-from models.recipes import ae_recipe
+from models.presets import ae_recipe
 from train.ae import AEOptions, AutoencoderStage
 from train.core.options import parse_options
 

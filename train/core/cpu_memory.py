@@ -3,13 +3,12 @@
 glibc's malloc serves blocks above a threshold (128 KiB, raised on the fly up to 32 MiB)
 with fresh pages from the system and returns them when they are freed, and it gives back
 the free top of its heap beyond 128 KiB. A training step allocates and frees the same
-activations every time, so by default it page-faults them all in again: some 40,000 faults
-per ``small-64`` step, a seventh of its time on a 2-core VM (2026-11-30). Serving every
+activations every time, so by default it page-faults them all in again (a large share of a
+CPU step's time: bench/results/cpu_notes.md, "Measurements behind the code"). Serving every
 block from the heap (no ``mmap``: the threshold cannot be raised past 32 MiB, and a 256^2
 feature map of 128 channels is 32 MiB in float32) and raising the trim threshold keeps
 freed blocks for the next step; the process's resident memory stays at its peak instead of
-shrinking between steps. At 256^2 (``church-64x64x4``, batch 1) this took a step's faults
-from ~600,000 to none once the heap has grown (2026-12-04).
+shrinking between steps, and a step's page faults drop to none once the heap has grown.
 """
 
 from __future__ import annotations

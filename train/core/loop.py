@@ -375,11 +375,6 @@ def restore(stage: Stage) -> Path | None:
             logging.getLogger(f"train.{stage.name}").warning(
                 "resumed from an earlier step: the later checkpoints moved to %s", aside
             )
-    if stage.scheduler.last_epoch != stage.step:
-        # Written by a run whose prepared scheduler stepped once per process: re-align the
-        # schedule with the optimizer steps.
-        stage.scheduler.last_epoch = stage.step - 1
-        stage.scheduler.step()
     if stage.accelerator.is_main_process:
         logging.getLogger(f"train.{stage.name}").info(
             "resumed from %s at step %d", path, stage.step
