@@ -55,6 +55,7 @@ class BRICSAutoencoder(PretrainedMixin, nn.Module):
             config.mapping_layers,
             config.decoder_channel_rule,
             config.decoder_extra_conv,
+            config.demodulation_eps,
         )
 
     # --- the paper's three stages -----------------------------------------------------

@@ -15,6 +15,7 @@ KEY_REGULARIZATIONS = ("relaxed", "kl", "none")
 GRID_RESOLUTION_RULES = ("authors", "text")
 NOISE_PLACEMENTS = ("code", "tiled")
 DECODER_CHANNEL_RULES = ("absolute", "relative")
+DEMODULATION_EPS_ON = ("raw", "scaled")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class BRICSConfig(ConfigMixin):
     decoder_channel_rule: str = "absolute"
     # One more modulated 3x3 conv at every upsampled resolution (--additional_decoder_conv)
     decoder_extra_conv: bool = True
+    # Demodulation's 1e-8 added to the sum of squares of the raw weight ("raw", the authors'
+    # PyTorch StyleGAN2) or of the equalized-lr scaled one ("scaled", TensorFlow StyleGAN2)
+    demodulation_eps: str = "raw"
     # Discriminator (StyleGAN2): channels at full resolution, doubling per halving up to max
     disc_channels: int = 128
     disc_max_channels: int = 512
@@ -108,6 +112,7 @@ class BRICSConfig(ConfigMixin):
             ("grid_resolution_rule", GRID_RESOLUTION_RULES),
             ("noise_placement", NOISE_PLACEMENTS),
             ("decoder_channel_rule", DECODER_CHANNEL_RULES),
+            ("demodulation_eps", DEMODULATION_EPS_ON),
         ):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {valid}, got {getattr(self, name)!r}")

@@ -19,6 +19,9 @@ from . import precision
 from .layers import LRELU_GAIN, EqualLinear, equalized
 from .resample import blur, upsample_2x
 
+# StyleGAN2's demodulation epsilon (ModulatedConv2d: added on the raw or the scaled weight)
+DEMODULATION_EPS = 1e-8
+
 
 class StyleMapping(nn.Module):
     """Style code w = MLPs(normalize(avg_pool(f))): (B, Cd, Hd, Wd) -> (B, Cd)."""
@@ -46,7 +49,10 @@ class ModulatedConv2d(nn.Module):
     """Style-modulated (and demodulated) convolution, optionally upsampling 2x (StyleGAN2 Sec. 2.2).
 
     Each sample's weight is ``w' = w * s`` (styles s over input channels), demodulated by
-    ``d = rsqrt(sum w'^2 + 1e-8)`` over input channels and taps. Two equal forms (as
+    ``d = rsqrt(sum w'^2 + eps)`` over input channels and taps, w the equalized-lr scaled
+    weight. ``eps_on``: "raw" adds 1e-8 to the sum of the raw weight's squares, as the
+    authors' PyTorch StyleGAN2 (eps = 1e-8 scale^2 here); "scaled" to the scaled weight's,
+    as TensorFlow StyleGAN2 (eps = 1e-8). Two equal forms (as
     StyleGAN2-ADA's ``modulated_conv2d``):
 
     - unfused, in training: ``conv(x * s, w) * d`` -- ONE dense convolution with the shared
@@ -67,11 +73,13 @@ class ModulatedConv2d(nn.Module):
         style_dim: int,
         demodulate: bool = True,
         upsample: bool = False,
+        eps_on: str = "raw",
     ) -> None:
         super().__init__()
         shape = (1, out_channels, in_channels, kernel_size, kernel_size)
         self.weight = nn.Parameter(torch.randn(shape))
         self.scale = 1.0 / math.sqrt(in_channels * kernel_size**2)
+        self.eps = DEMODULATION_EPS * (self.scale**2 if eps_on == "raw" else 1.0)
         self.affine = EqualLinear(style_dim, in_channels, bias_init=1.0)
         self.demodulate = demodulate
         self.upsample = upsample
@@ -102,7 +110,7 @@ class ModulatedConv2d(nn.Module):
             return self._fused(x, weight[0], s), None
         y = self._conv(x * s.view(*s.shape, 1, 1), weight[0])
         if d is None and self.demodulate:
-            (d,) = demodulations([s], [weight])
+            (d,) = demodulations([s], [weight], eps=[self.eps])
         return y, d
 
     def _conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -113,16 +121,18 @@ class ModulatedConv2d(nn.Module):
     def _fused(self, x: torch.Tensor, weight: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         weight = weight * s[0][None, :, None, None]
         if self.demodulate:
-            weight = weight * torch.rsqrt(weight.square().sum(dim=(1, 2, 3), keepdim=True) + 1e-8)
+            sums = weight.square().sum(dim=(1, 2, 3), keepdim=True)
+            weight = weight * torch.rsqrt(sums + self.eps)
         return self._conv(x, weight)
 
 
-def demodulations(styles, weights, gain: float = 1.0) -> list[torch.Tensor]:
-    """``gain * rsqrt(s^2 @ (sum_taps w^2)^T + 1e-8)`` (B, C_out) for every layer's styles s
-    (B, C_in) and scaled weight w (1, C_out, C_in, k, k): StyleGAN2's demodulation
-    coefficients, sum over input channels and taps of (w[o, i] s[b, i])^2, for the layers
-    of a decoder at once (:class:`Demodulation`)."""
-    return list(Demodulation.apply(gain, len(styles), *styles, *weights))
+def demodulations(styles, weights, gain: float = 1.0, eps=None) -> list[torch.Tensor]:
+    """``gain * rsqrt(s^2 @ (sum_taps w^2)^T + eps)`` (B, C_out) for every layer's styles s
+    (B, C_in), scaled weight w (1, C_out, C_in, k, k) and ``eps`` (default 1e-8 each):
+    StyleGAN2's demodulation coefficients, sum over input channels and taps of
+    (w[o, i] s[b, i])^2, for the layers of a decoder at once (:class:`Demodulation`)."""
+    eps = [DEMODULATION_EPS] * len(styles) if eps is None else list(eps)
+    return list(Demodulation.apply(gain, eps, *styles, *weights))
 
 
 class Demodulation(torch.autograd.Function):
@@ -132,14 +142,15 @@ class Demodulation(torch.autograd.Function):
     q = -(de) e^3 / gain^2: ds = s * (q @ W2), dw = w * (q^T @ s^2) per tap."""
 
     @staticmethod
-    def forward(ctx, gain: float, n: int, *tensors: torch.Tensor):
+    def forward(ctx, gain: float, eps: list[float], *tensors: torch.Tensor):
+        n = len(eps)
         styles, weights = list(tensors[:n]), list(tensors[n:])
         squares = torch._foreach_mul(styles, styles)
         sums = [w2.sum(dim=(0, 3, 4)) for w2 in torch._foreach_mul(weights, weights)]
         cast, no_autocast = precision.compute_dtype(*squares, *sums)  # the products
         squares, sums = list(cast[:n]), list(cast[n:])
         with no_autocast:
-            u = torch._foreach_add([a @ b.T for a, b in zip(squares, sums)], 1e-8)
+            u = torch._foreach_add([a @ b.T for a, b in zip(squares, sums)], eps)
         e = torch._foreach_mul(torch._foreach_reciprocal(torch._foreach_sqrt(u)), gain)
         ctx.save_for_backward(*styles, *weights, *squares, *sums, *e)
         ctx.gain, ctx.n = gain, n
@@ -201,9 +212,12 @@ class StyledConv(nn.Module):
         style_dim: int,
         resolution: int,
         upsample: bool = False,
+        eps_on: str = "raw",
     ) -> None:
         super().__init__()
-        self.conv = ModulatedConv2d(in_channels, out_channels, 3, style_dim, upsample=upsample)
+        self.conv = ModulatedConv2d(
+            in_channels, out_channels, 3, style_dim, upsample=upsample, eps_on=eps_on
+        )
         self.noise = NoiseInjection(resolution)
         self.bias = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
 
@@ -220,7 +234,7 @@ class StyledConv(nn.Module):
         made here)."""
         weight, bias, strength = params or equalized([self])[0]
         if d is None and not self.conv.fuses(x.shape[0]):
-            (d,) = demodulations([s], [weight], LRELU_GAIN)
+            (d,) = demodulations([s], [weight], LRELU_GAIN, [self.conv.eps])
         y, d = self.conv.modulated(x, s, weight, d)
         scale = y.new_full(y.shape[:2], LRELU_GAIN) if d is None else d
         z = torch.addcmul(bias, y, scale.view(*scale.shape, 1, 1))
@@ -271,16 +285,17 @@ class SynthesisDecoder(nn.Module):
         mapping_layers: int,
         channel_rule: str = "absolute",
         extra_conv: bool = True,
+        demodulation_eps: str = "raw",
     ) -> None:
         super().__init__()
-        style_dim = decoder_channels
+        style_dim, eps_on = decoder_channels, demodulation_eps
         self.mapping = StyleMapping(decoder_channels, mapping_layers)
         channels = synthesis_channels(decoder_channels, tile_size, tile_size, channel_rule)
         # First block at Hd: two convolutions on the feature block, then toRGB.
         self.input_convs = nn.ModuleList(
             [
-                StyledConv(decoder_channels, channels, style_dim, tile_size),
-                StyledConv(channels, channels, style_dim, tile_size),
+                StyledConv(decoder_channels, channels, style_dim, tile_size, eps_on=eps_on),
+                StyledConv(channels, channels, style_dim, tile_size, eps_on=eps_on),
             ]
         )
         self.input_rgb = ToRGB(channels, style_dim)
@@ -291,11 +306,13 @@ class SynthesisDecoder(nn.Module):
             resolution *= 2
             out_channels = synthesis_channels(decoder_channels, tile_size, resolution, channel_rule)
             convs = [
-                StyledConv(channels, out_channels, style_dim, resolution, upsample=True),
-                StyledConv(out_channels, out_channels, style_dim, resolution),
+                StyledConv(channels, out_channels, style_dim, resolution, True, eps_on),
+                StyledConv(out_channels, out_channels, style_dim, resolution, eps_on=eps_on),
             ]
             if extra_conv:
-                convs.append(StyledConv(out_channels, out_channels, style_dim, resolution))
+                convs.append(
+                    StyledConv(out_channels, out_channels, style_dim, resolution, eps_on=eps_on)
+                )
             self.blocks.append(nn.ModuleList(convs))
             self.to_rgb.append(ToRGB(out_channels, style_dim))
             channels = out_channels
@@ -331,7 +348,8 @@ class SynthesisDecoder(nn.Module):
         demodulation = dict.fromkeys(convs)
         if not layers[0].conv.fuses(feature_block.shape[0]):
             weights = [params[i][0] for i in convs]
-            ds = demodulations([styles[i] for i in convs], weights, LRELU_GAIN)
+            eps = [layers[i].conv.eps for i in convs]
+            ds = demodulations([styles[i] for i in convs], weights, LRELU_GAIN, eps)
             demodulation = dict(zip(convs, ds))
         x, image = feature_block, None
         for i, (layer, s) in enumerate(zip(layers, styles)):

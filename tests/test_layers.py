@@ -230,3 +230,30 @@ def test_no_weight_gradients_skips_them_on_every_thread(monkeypatch):
         kernels, grad = input_gradient(True, thread)
         assert kernels == 0, thread
         torch.testing.assert_close(grad, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("eps_on", ["raw", "scaled"])
+def test_demodulation_eps_goes_on_the_raw_weight_as_the_authors_or_on_the_scaled_one(eps_on):
+    from models.layers import equalized
+    from models.synthesis import ModulatedConv2d, demodulations
+
+    torch.manual_seed(0)
+    conv = ModulatedConv2d(8, 4, 3, 16, eps_on=eps_on).double()
+    s = torch.full((2, 8), 1e-4, dtype=torch.float64)  # small styles: the epsilon matters
+    ((weight,),) = equalized([conv])
+    (d,) = demodulations([s], [weight], eps=[conv.eps])
+    if eps_on == "raw":  # the authors' modulated_conv2d: conv with the raw weight, then d
+        raw = conv.weight * s[:, None, :, None, None]
+        expected = (raw.square().sum(dim=(2, 3, 4)) + 1e-8).rsqrt() / conv.scale
+    else:  # TensorFlow StyleGAN2: the scaled weight
+        scaled = weight * s[:, None, :, None, None]
+        expected = (scaled.square().sum(dim=(2, 3, 4)) + 1e-8).rsqrt()
+    torch.testing.assert_close(d, expected, rtol=1e-12, atol=0)
+    other = ModulatedConv2d(8, 4, 3, 16, eps_on={"raw": "scaled", "scaled": "raw"}[eps_on])
+    (d_other,) = demodulations([s], [weight], eps=[other.eps])
+    assert (d - d_other).abs().max() > 1e-3 * d.abs().max()  # the two orders differ here
+    x = torch.randn(1, 8, 5, 5, dtype=torch.float64)
+    conv.eval()  # one sample in evaluation: the fused form, the same epsilon
+    fused = conv(x, s[:1])
+    conv.train()
+    torch.testing.assert_close(fused, conv(x, s[:1]), rtol=1e-10, atol=1e-12)

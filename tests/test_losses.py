@@ -284,3 +284,25 @@ def test_missing_pretrained_weights_name_the_cache_path(tmp_path, monkeypatch):
         with pytest.raises(FileNotFoundError, match=str(path).replace("\\", "\\\\")):
             build_perceptual_loss(kind)
     assert build_perceptual_loss("none") is None
+
+
+def test_discriminator_activations_under_bf16_stay_within_the_authors_conv_clamp():
+    # The authors clamp every convolution's output at +-256 for their float16 layers; here
+    # mixed precision is bf16 autocast (float32's range): at the paper size, no activation
+    # of D comes near the clamp (docs/fidelity.md, "Convolution clamp"). 256^2 images
+    # (equalized learning rate: the activations' scale does not grow with the width).
+    torch.manual_seed(0)
+    disc = Discriminator(256, 16, 64)
+    peaks = []
+    hooks = [
+        m.register_forward_hook(lambda m, i, out: peaks.append(out.detach().abs().max().float()))
+        for m in disc.modules()
+        if m is not disc
+    ]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = disc(torch.rand(2, 3, 256, 256) * 2 - 1)
+    for hook in hooks:
+        hook.remove()
+    peaks = torch.stack(peaks)
+    assert torch.isfinite(logits.float()).all() and len(peaks) > 10
+    assert peaks.max() < 256 / 4, peaks.max()
