@@ -80,7 +80,7 @@ def _input_grad(grad: torch.Tensor, weight: torch.Tensor, size, stride: int, pad
 class Conv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride: int, padding: int):
-        (x, weight, bias), no_autocast = precision.compute_dtype(x, weight, bias)
+        (x, weight, bias), no_autocast = precision.in_compute_dtype(x, weight, bias)
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
         with no_autocast:

@@ -36,7 +36,7 @@ class GroupNorm(nn.GroupNorm):
     autocast it runs in float32 on every device, as CUDA's autocast runs ``group_norm``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (x, weight, bias), no_autocast = precision.float32(x, self.weight, self.bias)
+        (x, weight, bias), no_autocast = precision.in_float32(x, self.weight, self.bias)
         with no_autocast:
             return _GroupNorm.apply(x, weight, bias, self.num_groups, self.eps)
 

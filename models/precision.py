@@ -6,9 +6,9 @@ Under ``torch.autocast`` (``--mixed-precision bf16`` or ``fp16``):
 
 - the grid lookup runs in float32 (``gridcodes`` excludes itself from autocast);
 - GroupNorm runs in float32 on every device, as CUDA's autocast runs ``group_norm``
-  (:func:`float32`);
+  (:func:`in_float32`);
 - the hand-written convolutions and the demodulation's products run in the compute dtype,
-  their saved tensors and derivatives included (:func:`compute_dtype`);
+  their saved tensors and derivatives included (:func:`in_compute_dtype`);
 - the FIR filters run in their input's dtype, outside autocast, except the CPU's depthwise
   transposed pass under bf16 / fp16, in float32 (:func:`fir_dtype`);
 - everything else follows autocast's own rules.
@@ -38,7 +38,7 @@ def autocast_off(device: str):
     return contextlib.nullcontext()
 
 
-def compute_dtype(*tensors):
+def in_compute_dtype(*tensors):
     """``tensors`` in autocast's dtype where autocast is on for their device (the saved
     tensors and every derivative then run in it), and a context that turns autocast off."""
     device = tensors[0].device.type
@@ -50,7 +50,7 @@ def compute_dtype(*tensors):
     return tensors, torch.autocast(device, enabled=False)
 
 
-def float32(*tensors):
+def in_float32(*tensors):
     """``tensors`` in float32 where autocast is on for their device, and a context that
     turns it off; else the tensors as they are and a context that does nothing."""
     device = tensors[0].device.type

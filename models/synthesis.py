@@ -147,7 +147,7 @@ class Demodulation(torch.autograd.Function):
         styles, weights = list(tensors[:n]), list(tensors[n:])
         squares = torch._foreach_mul(styles, styles)
         sums = [w2.sum(dim=(0, 3, 4)) for w2 in torch._foreach_mul(weights, weights)]
-        cast, no_autocast = precision.compute_dtype(*squares, *sums)  # the products
+        cast, no_autocast = precision.in_compute_dtype(*squares, *sums)  # the products
         squares, sums = list(cast[:n]), list(cast[n:])
         with no_autocast:
             u = torch._foreach_add([a @ b.T for a, b in zip(squares, sums)], eps)

@@ -59,8 +59,8 @@ def bad_config(tmp_path, name: str, text: str) -> str:
 # Stage 1's entry point in this process: each input below fails before a model is built.
 IN_PROCESS = {
     "missing config": (["--config", "{tmp}/absent.yaml"], "config file {tmp}/absent.yaml does"),
-    "broken YAML": (["--config", "{broken.yaml}"], "is not valid YAML"),
-    "broken JSON": (["--config", "{broken.json}"], "config file {tmp}/broken.json is unreadable"),
+    "broken YAML": (["--config", "{broken.yaml}"], "is unreadable or not valid YAML"),
+    "broken JSON": (["--config", "{broken.json}"], "broken.json is unreadable or not valid JSON"),
     "a list": (["--config", "{list.yaml}"], "must hold a mapping, got list"),
     "max_steps 2.5": (["--config", "{float.yaml}"], "max_steps: 2.5 in config file"),
     "lr a word": (["--config", "{word.yaml}"], "lr: 'fast' in config file"),

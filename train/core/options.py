@@ -154,20 +154,14 @@ def load_config_file(path: Path) -> dict:
         raise MissingInput(f"config file {path} does not exist")
     if path.suffix not in (".yaml", ".yml", ".json"):
         raise UserError(f"config file must be .yaml, .yml or .json, got {path}")
+    import yaml
+
     try:
         text = path.read_text()
-        if path.suffix == ".json":
-            values = json.loads(text)
-        else:
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-    except (OSError, UnicodeDecodeError, ValueError) as error:  # JSONDecodeError is one
-        raise UserError(f"config file {path} is unreadable: {error}") from None
-    except Exception as error:  # yaml.YAMLError, imported lazily
-        if type(error).__module__.split(".")[0] != "yaml":
-            raise
-        raise UserError(f"config file {path} is not valid YAML: {error}") from None
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
+        kind = "JSON" if path.suffix == ".json" else "YAML"  # JSONDecodeError is a ValueError
+        raise UserError(f"config file {path} is unreadable or not valid {kind}: {error}") from None
     if not isinstance(values, dict):
         raise UserError(f"config file {path} must hold a mapping, got {type(values).__name__}")
     return {str(key).replace("-", "_"): value for key, value in values.items()}
@@ -177,29 +171,19 @@ def config_value(name: str, value, annotation, choices: tuple | None, path: Path
     """A config file's ``value`` for field ``name`` as the flag's type would give it; a
     string is parsed as on the command line (YAML reads ``1e-4`` as a string)."""
     where = f"{name}: {value!r} in config file {path}"
-    if isinstance(value, str) and annotation not in (str, str | None):
+    kinds = typing.get_args(annotation) or (annotation,)  # with NoneType when optional
+    if isinstance(value, str) and str not in kinds:  # a number, boolean or path as text
         try:
             value = _parser_type(annotation)(value)
         except (TypeError, ValueError, argparse.ArgumentTypeError):
             raise UserError(f"{where} is not {_type_name(annotation)}") from None
-    kinds = _accepted_types(annotation)
+    elif type(value) is int and float in kinds:
+        value = float(value)  # 1 is a number too
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise UserError(f"{where} must be {_type_name(annotation)}")
     if choices is not None and value not in choices:
         raise UserError(f"{where} must be one of {', '.join(map(str, filter(None, choices)))}")
-    if isinstance(value, int) and float in kinds and int not in kinds:
-        value = float(value)
-    return Path(value) if Path in kinds and isinstance(value, str) else value
-
-
-def _accepted_types(annotation) -> tuple[type, ...]:
-    args = typing.get_args(annotation) or (annotation,)
-    kinds = {type(None) if a is type(None) else a for a in args}
-    if float in kinds:
-        kinds.add(int)  # 1 is a float value too
-    if Path in kinds:
-        kinds.add(str)
-    return tuple(kinds)
+    return value
 
 
 def _type_name(annotation) -> str:
